@@ -1,0 +1,114 @@
+"""`SelectionCallback`: run a selector with the live model at the start of training and install its plan.
+
+A callback cannot replace the dataloader — it exists before `on_train_begin` — so the trainer must draw through
+mixwise's sampler, which reads the plan from the shared [`~mixwise.Mixture`] when an epoch starts. Use
+[`mixwise.attach`] to set both up on an existing trainer in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from transformers import TrainerCallback
+
+from . import distributed
+from .mixture import Mixture
+from .plan import MANIFEST_NAME, Plan
+from .selectors import SelectionContext, Selector
+
+logger = logging.getLogger(__name__)
+
+
+def model_id_of(model: Any) -> str | None:
+    """`name_or_path@revision` of a transformers model (peft-wrapped or not), for fingerprints."""
+    if model is None:
+        return None
+    config = getattr(model, "config", None)
+    base = getattr(model, "get_base_model", None)
+    if base is not None:
+        config = getattr(base(), "config", config)
+    if config is None:
+        return type(model).__name__
+    name = getattr(config, "_name_or_path", "") or type(model).__name__
+    revision = getattr(config, "_commit_hash", None)
+    return f"{name}@{revision}" if revision else name
+
+
+class SelectionCallback(TrainerCallback):
+    """Compute the selection at train begin with the live model, install it, log it and write `selection.json`.
+
+    * Every rank calls the selector (a selector splits its scoring work with
+      [`mixwise.distributed.map_across_ranks`]); the main process's plan is then broadcast, so all ranks install
+      the identical plan.
+    * On resume from a checkpoint that holds a `selection.json` (the callback writes one into every checkpoint),
+      that plan is reused instead of selecting again.
+    * Weights and counts are logged through the trainer's own loggers (`report_to`) as `mixwise/weight/<source>`
+      and `mixwise/count/<source>`.
+
+    Args:
+        mixture: the mixture the trainer draws from.
+        selector: any object with `select(context) -> Plan`.
+        targets: named target datasets passed to the selector.
+        model_id: identifier recorded in the manifest (defaults to the model's `name_or_path`).
+    """
+
+    def __init__(
+        self,
+        mixture: Mixture,
+        selector: Selector,
+        targets: dict[str, Any] | None = None,
+        model_id: str | None = None,
+    ):
+        self.mixture = mixture
+        self.selector = selector
+        self.targets = dict(targets or {})
+        self.model_id = model_id
+        self.trainer = None  # set by `mixwise.attach`, used to log through the trainer's loggers
+        self.plan: Plan | None = None
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        plan = None
+        if state.global_step > 0:
+            saved = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", MANIFEST_NAME)
+            if os.path.exists(saved):
+                plan = Plan.load(saved)
+                logger.info("mixwise: resumed the selection from %s", saved)
+        if plan is None:
+            context = SelectionContext(
+                mixture=self.mixture,
+                seed=seed,
+                model=model,
+                processing_class=processing_class,
+                targets=self.targets,
+                model_id=self.model_id or model_id_of(model),
+            )
+            was_training = bool(getattr(model, "training", False))
+            if model is not None:
+                model.eval()
+            try:
+                plan = self.selector.select(context)
+            finally:
+                if model is not None and was_training:
+                    model.train()
+        plan = distributed.broadcast(plan)
+        self.mixture.set_plan(plan)
+        self.plan = plan
+        if state.is_world_process_zero:
+            plan.save(args.output_dir)
+        logs = {f"mixwise/weight/{n}": s.weight for n, s in plan.sources.items()}
+        logs.update({f"mixwise/count/{n}": float(s.count) for n, s in plan.sources.items()})
+        if self.trainer is not None:
+            self.trainer.log(logs)
+        else:
+            logger.info("mixwise selection (%s): %s", plan.method, logs)
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.plan is not None and state.is_world_process_zero:
+            ckpt = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(ckpt):
+                self.plan.save(os.path.join(ckpt, MANIFEST_NAME))
+        return control

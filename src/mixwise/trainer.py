@@ -1,0 +1,95 @@
+"""Making a transformers / TRL trainer draw through the mixture sampler.
+
+Two ways, for the same effect:
+
+```python
+# 1. one line on an existing trainer (Trainer, SFTTrainer, GRPOTrainer, ...)
+trainer = SFTTrainer(model=..., args=..., train_dataset=mixture.dataset, ...)
+mixwise.attach(trainer, mixture, selector=mixwise.Uniform())
+
+# 2. a subclass
+class MyTrainer(mixwise.MixtureTrainerMixin, SFTTrainer): ...
+trainer = MyTrainer(..., train_dataset=mixture.dataset); trainer.mixture = mixture
+```
+
+transformers 5.x builds the sampler in `Trainer._get_train_sampler(self, train_dataset=None)` and hands it a
+column-pruned dataset, so the per-source layout comes from the mixture, not from the dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .callback import SelectionCallback
+from .mixture import Mixture
+from .sampler import MixtureSampler, RepeatMixtureSampler
+from .selectors import Selector
+
+
+def _is_grpo(trainer: Any) -> bool:
+    return hasattr(trainer, "num_generations") and hasattr(trainer.args, "steps_per_generation")
+
+
+class MixtureTrainerMixin:
+    """Overrides `_get_train_sampler` to draw the mixture's plan (GRPO: keeping `RepeatSampler`'s structure)."""
+
+    mixture: Mixture | None = None
+
+    def _get_train_sampler(self, train_dataset=None):
+        mixture = getattr(self, "mixture", None)
+        if mixture is None:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if dataset is not None and len(dataset) != mixture.total_size:
+            raise ValueError(
+                f"the trainer's train_dataset has {len(dataset)} rows but the mixture has {mixture.total_size}: "
+                "pass `mixture.dataset` as train_dataset (and do not use packing, which changes the rows)"
+            )
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        if _is_grpo(self):
+            return RepeatMixtureSampler(
+                mixture,
+                mini_repeat_count=self.num_generations,
+                batch_size=self.args.generation_batch_size // self.num_generations,
+                repeat_count=self.num_iterations * self.args.steps_per_generation,
+                seed=seed,
+            )
+        return MixtureSampler(mixture, seed=seed)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def mixture_trainer_class(trainer_cls: type) -> type:
+    """`trainer_cls` with [`MixtureTrainerMixin`] mixed in (cached, so the same class is returned every time)."""
+    if issubclass(trainer_cls, MixtureTrainerMixin):
+        return trainer_cls
+    if trainer_cls not in _CLASSES:
+        _CLASSES[trainer_cls] = type(f"Mixture{trainer_cls.__name__}", (MixtureTrainerMixin, trainer_cls), {})
+    return _CLASSES[trainer_cls]
+
+
+def attach(
+    trainer: Any,
+    mixture: Mixture,
+    selector: Selector | None = None,
+    targets: dict[str, Any] | None = None,
+    model_id: str | None = None,
+) -> Any:
+    """Make `trainer` train on `mixture`'s plan and, with a `selector`, compute that plan at train begin.
+
+    The trainer's `train_dataset` must be `mixture.dataset` (or a row-for-row transform of it, such as
+    SFTTrainer's tokenized copy). Returns the trainer, whose class gains [`MixtureTrainerMixin`].
+    """
+    if trainer.train_dataset is not None and len(trainer.train_dataset) != mixture.total_size:
+        raise ValueError(
+            f"the trainer's train_dataset has {len(trainer.train_dataset)} rows but the mixture has "
+            f"{mixture.total_size}: pass `mixture.dataset` as train_dataset"
+        )
+    trainer.__class__ = mixture_trainer_class(type(trainer))
+    trainer.mixture = mixture
+    if selector is not None:
+        callback = SelectionCallback(mixture, selector, targets=targets, model_id=model_id)
+        callback.trainer = trainer
+        trainer.add_callback(callback)
+    return trainer

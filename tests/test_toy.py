@@ -1,0 +1,389 @@
+"""Tests for mixwise.toy, the embedded toy multimodal world."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+
+from mixwise import toy
+
+N = 24
+
+
+def _fingerprint(ds: datasets.Dataset) -> str:
+    """sha256 over all text and stored image bytes of ``ds``."""
+    h = hashlib.sha256()
+    for images in toy.image_bytes(ds):
+        for blob in images:
+            h.update(blob)
+    text_columns = [c for c in ds.column_names if c != "images"]
+    h.update(repr(ds.select_columns(text_columns).to_list()).encode())
+    return h.hexdigest()
+
+
+def _answers(ds: datasets.Dataset) -> list[str]:
+    if "answer" in ds.column_names:
+        return list(ds["answer"])
+    return [messages[-1]["content"][0]["text"] for messages in ds["messages"]]
+
+
+def _questions(ds: datasets.Dataset) -> list[str]:
+    turns = ds["messages"] if "messages" in ds.column_names else ds["prompt"]
+    return [t[0]["content"][1]["text"] for t in turns]
+
+
+def test_families_and_answer_spaces():
+    assert toy.FAMILIES[:6] == ("count", "colour", "spatial", "ocr", "chart", "digits")
+    assert toy.answer_space("count") == ["1", "2", "3", "4", "5"]
+    assert toy.answer_space("spatial") == ["left", "right", "above", "below"]
+    assert toy.answer_space("digits") == [str(d) for d in range(10)]
+    assert 6 <= len(toy.answer_space("colour")) <= 8
+    for family in toy.FAMILIES:
+        space = toy.answer_space(family)
+        assert space and len(space) == len(set(space)) and len(space) <= 20
+        assert all(a and " " not in a for a in space), "answers are single short tokens"
+        space.append("mutated")  # a copy: mutating it must not leak into the module
+        assert "mutated" not in toy.answer_space(family)
+
+
+@pytest.mark.parametrize("family", toy.FAMILIES)
+def test_rows_sft_format_and_answers_in_space(family):
+    ds = toy.make_source(family, N, split="test", seed=3)
+    assert len(ds) == N
+    assert ds.column_names == ["id", "source", "images", "messages"]
+    assert ds.features == toy.features("sft")
+    space = set(toy.answer_space(family))
+    corpus = set(toy.corpus())
+    for i, row in enumerate(ds):
+        assert row["id"] == f"{family}/test/{i}"
+        assert row["source"] == family
+        assert len(row["images"]) == 1
+        image = row["images"][0]
+        assert isinstance(image, PIL.Image.Image) and image.mode == "RGB" and image.size == (32, 32)
+        user, assistant = row["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        assert user["content"][0] == {"type": "image", "text": None}
+        assert user["content"][1]["type"] == "text" and user["content"][1]["text"].strip()
+        assert assistant["content"] == [{"type": "text", "text": assistant["content"][0]["text"]}]
+        answer = assistant["content"][0]["text"]
+        assert answer in space
+        assert answer in corpus and user["content"][1]["text"] in corpus
+
+
+@pytest.mark.parametrize("family", toy.FAMILIES)
+def test_rows_rl_format_matches_sft(family):
+    rl = toy.make_source(family, N, seed=1, fmt="rl", source="custom")
+    sft = toy.make_source(family, N, seed=1, fmt="sft")
+    assert rl.column_names == ["id", "source", "images", "prompt", "answer"]
+    assert rl.features == toy.features("rl")
+    assert set(rl["source"]) == {"custom"}
+    row = rl[0]
+    assert [t["role"] for t in row["prompt"]] == ["user"]
+    assert row["prompt"][0]["content"][0] == {"type": "image", "text": None}
+    assert isinstance(row["answer"], str) and row["answer"] in toy.answer_space(family)
+    # the same rows, only laid out differently
+    assert _answers(rl) == _answers(sft)
+    assert _questions(rl) == _questions(sft)
+    assert toy.image_bytes(rl) == toy.image_bytes(sft)
+
+
+def test_determinism_and_seed_sensitivity():
+    for family in toy.FAMILIES:
+        a = toy.make_source(family, N, seed=7)
+        b = toy.make_source(family, N, seed=7)
+        c = toy.make_source(family, N, seed=8)
+        assert _fingerprint(a) == _fingerprint(b), family
+        assert toy.image_bytes(a) != toy.image_bytes(c), family
+        # a smaller n is a prefix of a larger one
+        assert toy.image_bytes(toy.make_source(family, 5, seed=7)) == toy.image_bytes(a)[:5]
+    # splits are different streams
+    assert toy.image_bytes(toy.make_source("count", N, "train")) != toy.image_bytes(
+        toy.make_source("count", N, "test")
+    )
+
+
+def test_determinism_across_processes():
+    """Same arguments give byte-identical rows in a fresh process with another hash salt (hash() is not used)."""
+    # load toy.py by path so the child does not pay for importing the rest of the package
+    script = (
+        "import hashlib, importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('toy_child', sys.argv[1])\n"
+        "toy = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(toy)\n"
+        "for f in toy.FAMILIES:\n"
+        "    ds = toy.make_source(f, 6, split='test', seed=11, fmt='rl')\n"
+        "    h = hashlib.sha256(repr([ds['answer'], [p[0]['content'][1]['text'] for p in ds['prompt']]]).encode())\n"
+        "    for imgs in toy.image_bytes(ds):\n"
+        "        h.update(imgs[0])\n"
+        "    print(f, h.hexdigest())\n"
+    )
+    salt = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"
+    env = {**os.environ, "PYTHONHASHSEED": salt}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, toy.__file__], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    local = []
+    for f in toy.FAMILIES:
+        ds = toy.make_source(f, 6, split="test", seed=11, fmt="rl")
+        h = hashlib.sha256(repr([ds["answer"], _questions(ds)]).encode())
+        for imgs in toy.image_bytes(ds):
+            h.update(imgs[0])
+        local.append(f"{f} {h.hexdigest()}")
+    assert proc.stdout.splitlines() == local
+
+
+def test_digit_splits_are_disjoint_and_rows_use_their_own_pool():
+    train, val, test = (set(toy.digit_indices(s).tolist()) for s in ("train", "validation", "test"))
+    assert not train & test and not train & val and not val & test
+    assert len(train | val | test) == 1797  # the whole of sklearn's load_digits
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    for split, pool in (("train", train), ("test", test)):
+        order = toy._digit_order(0, split)
+        assert set(order.tolist()) == pool
+        ds = toy.make_source("digits", 40, split=split, fmt="rl")
+        # each row's answer is the label of the sklearn image it was drawn from, which lies in the split's pool
+        assert ds["answer"] == [str(bunch.target[order[i]]) for i in range(40)]
+    # the first len(pool) rows never repeat an sklearn image
+    assert len(set(toy._digit_order(0, "test").tolist())) == len(test)
+
+
+def test_digit_images_come_from_sklearn():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    ds = toy.make_source("digits", 3, split="test", seed=2, fmt="rl")
+    order = toy._digit_order(2, "test")
+    for i, row in enumerate(ds):
+        ink = 255 - np.asarray(row["images"][0].convert("L"), dtype=np.float64)
+        assert ink.max() > 150, "a dark digit on a light background"
+        reference = bunch.images[order[i]]
+        # downsample the drawn ink to the 8x8 grid (over its bounding box) and compare with the sklearn image
+        ys, xs = np.nonzero(ink > 60)
+        crop = PIL.Image.fromarray(ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.uint8))
+        ref_ys, ref_xs = np.nonzero(reference > 60 / 255 * 16)
+        ref = reference[ref_ys.min() : ref_ys.max() + 1, ref_xs.min() : ref_xs.max() + 1]
+        small = np.asarray(crop.resize(ref.shape[::-1], PIL.Image.Resampling.BOX), dtype=np.float64)
+        assert np.corrcoef(small.ravel(), ref.ravel())[0, 1] > 0.8
+
+
+@pytest.mark.parametrize("family", ["count", "colour", "shape", "ocr", "chart", "digits"])
+def test_answer_is_a_function_of_the_image(family):
+    ds = toy.make_source(family, 400, seed=5, fmt="rl")
+    seen: dict[bytes, set[str]] = defaultdict(set)
+    for images, answer in zip(toy.image_bytes(ds), ds["answer"]):
+        seen[images[0]].add(answer)
+    assert all(len(answers) == 1 for answers in seen.values())
+    assert len(seen) > 300, "images are varied"
+    assert set(ds["answer"]) == set(toy.answer_space(family)), "every answer occurs in 400 rows"
+
+
+def _colour_blobs(image: PIL.Image.Image) -> list[tuple[float, float, float]]:
+    """(centre x, centre y, fill ratio of the bounding box) of each palette-coloured blob, largest first."""
+    pixels = np.asarray(image, dtype=np.int64)
+    palette = np.array(list(toy.COLOURS.values()))
+    distance = np.abs(pixels[:, :, None, :] - palette[None, None]).sum(axis=3)
+    nearest, close = distance.argmin(axis=2), distance.min(axis=2) < 60
+    blobs = []
+    for k in range(len(palette)):
+        ys, xs = np.nonzero(close & (nearest == k))
+        if len(xs) >= 8:
+            box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
+            blobs.append((len(xs), xs.mean(), ys.mean(), len(xs) / box))
+    return [blob[1:] for blob in sorted(blobs, reverse=True)]
+
+
+def test_spatial_answer_matches_geometry():
+    fill = {"square": 3, "circle": 2, "triangle": 1, "diamond": 1}  # how much of its bounding box a shape covers
+    ds = toy.make_source("spatial", 120, seed=4, fmt="rl")
+    checked = 0
+    for row in ds:
+        question = row["prompt"][0]["content"][1]["text"]
+        kinds = sorted((question.index(f"the {k}"), k) for k in toy.SHAPES if f"the {k}" in question)
+        (_, a), (_, b) = kinds
+        blobs = _colour_blobs(row["images"][0])
+        assert len(blobs) == 2, row["id"]
+        (xa, ya, fa), (xb, yb, fb) = blobs
+        dx, dy = xa - xb, ya - yb
+        expected_axis = "x" if row["answer"] in ("left", "right") else "y"
+        assert (abs(dx) > 3 * abs(dy)) if expected_axis == "x" else (abs(dy) > 3 * abs(dx)), row["id"]
+        if fill[a] == fill[b]:
+            continue  # triangle vs diamond: not told apart by this crude check
+        if (fa > fb) != (fill[a] > fill[b]):  # the first blob is b, not a
+            dx, dy = -dx, -dy
+        observed = {"x": "left" if dx < 0 else "right", "y": "above" if dy < 0 else "below"}[expected_axis]
+        assert observed == row["answer"], row["id"]
+        checked += 1
+    assert checked > 60
+
+
+def test_count_answer_matches_connected_components():
+    from scipy import ndimage
+
+    ds = toy.make_source("count", 60, seed=9, fmt="rl")
+    for row in ds:
+        pixels = np.asarray(row["images"][0], dtype=np.int64)
+        background = pixels[0, 0]
+        ink = np.abs(pixels - background).sum(axis=2) > 90
+        _, components = ndimage.label(ink)
+        assert components == int(row["answer"]), row["id"]
+
+
+def test_colour_answer_is_the_shape_colour():
+    ds = toy.make_source("colour", 80, seed=6, fmt="rl")
+    names, palette = list(toy.COLOURS), np.array(list(toy.COLOURS.values()))
+    for row in ds:
+        pixels = np.asarray(row["images"][0], dtype=np.int64).reshape(-1, 1, 3)
+        distance = np.abs(pixels - palette[None]).sum(axis=2)
+        nearest = distance.argmin(axis=1)[distance.min(axis=1) < 30]
+        assert names[np.bincount(nearest, minlength=len(names)).argmax()] == row["answer"], row["id"]
+
+
+def test_chart_tallest_bar_has_the_answer_colour():
+    ds = toy.make_source("chart", 40, seed=2, fmt="rl")
+    for row in ds:
+        pixels = np.asarray(row["images"][0], dtype=np.int64)
+        target = np.array(toy.COLOURS[row["answer"]])
+        hits = np.nonzero(np.abs(pixels - target).sum(axis=2) < 40)
+        assert len(hits[0]), row["id"]
+        top_of_answer = hits[0].min()
+        # no other palette colour reaches as high
+        for name, colour in toy.COLOURS.items():
+            if name == row["answer"]:
+                continue
+            other = np.nonzero(np.abs(pixels - np.array(colour)).sum(axis=2) < 40)[0]
+            if len(other):
+                assert other.min() > top_of_answer + 2, (row["id"], name)
+
+
+def test_ocr_renders_text_offline():
+    ds = toy.make_source("ocr", 10, seed=0)
+    for row in ds:
+        ink = np.asarray(row["images"][0].convert("L")) < 150
+        assert ink.sum() > 15, "text is visible"
+    # identical text renders to identical glyph masks, different text to different ones
+    assert toy._glyph_mask("cat").tobytes() != toy._glyph_mask("dog").tobytes()
+
+
+def test_sizes_and_image_size():
+    assert len(toy.make_source("chart", 0)) == 0
+    assert toy.make_source("chart", 0).features == toy.features("sft")
+    ds = toy.make_source("spatial", 3, image_size=48)
+    assert all(row["images"][0].size == (48, 48) for row in ds)
+    assert toy.make_source("ocr", 2, image_size=16)[1]["images"][0].size == (16, 16)
+    world = toy.make_world(n_train=7, n_test=3, families=["count", "digits"], fmt="rl")
+    assert set(world) == {"count", "digits"}
+    for dd in world.values():
+        assert isinstance(dd, datasets.DatasetDict)
+        assert set(dd) == {"train", "test"}
+        assert len(dd["train"]) == 7 and len(dd["test"]) == 3
+        assert dd["train"][0]["id"].endswith("/train/0") and dd["test"][0]["id"].endswith("/test/0")
+    assert set(toy.make_world(1, 1)) == set(toy.FAMILIES)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="'nope'") as info:
+        toy.make_source("nope", 3)
+    assert "count" in str(info.value) and "digits" in str(info.value)
+    with pytest.raises(ValueError, match="'nope'"):
+        toy.answer_space("nope")
+    with pytest.raises(ValueError, match="'nope'"):
+        toy.make_world(1, 1, families=["count", "nope"])
+    with pytest.raises(ValueError, match="fmt|format"):
+        toy.make_source("count", 3, fmt="dpo")
+    with pytest.raises(ValueError, match="n must"):
+        toy.make_source("count", -1)
+    with pytest.raises(ValueError, match="n must"):
+        toy.make_source("count", 2.0)
+    with pytest.raises(ValueError, match="n must"):
+        toy.make_source("count", True)
+    with pytest.raises(ValueError, match="split"):
+        toy.make_source("digits", 3, split="dev")
+    with pytest.raises(ValueError, match="image_size"):
+        toy.make_source("count", 3, image_size=4)
+
+
+def test_save_world_round_trip(tmp_path):
+    paths = toy.save_world(tmp_path / "world", n_train=6, n_test=4, families=["ocr", "chart"], fmt="sft")
+    assert set(paths) == {"ocr", "chart"}
+    for family, path in paths.items():
+        assert path == tmp_path / "world" / family and path.is_dir()
+        loaded = datasets.load_from_disk(str(path))
+        assert isinstance(loaded, datasets.DatasetDict)
+        fresh = toy.make_source(family, 6, "train")
+        assert loaded["train"].features == fresh.features
+        assert _fingerprint(loaded["train"]) == _fingerprint(fresh)
+        assert len(loaded["test"]) == 4
+        assert isinstance(loaded["test"][0]["images"][0], PIL.Image.Image)
+
+
+@pytest.mark.parametrize("fmt", toy.FORMATS)
+def test_corrupt_rows(fmt, tmp_path):
+    ds = toy.make_source("colour", 8, fmt=fmt)
+    bad = toy.corrupt_rows(ds, image_row=2, empty_answer_row=5)
+    assert len(bad) == len(ds) and bad.features == ds.features and bad.column_names == ds.column_names
+    # the corrupted image is stored but cannot be decoded
+    assert toy.image_bytes(bad)[2] == [toy.CORRUPT_IMAGE_BYTES]
+    with pytest.raises(PIL.UnidentifiedImageError):
+        bad[2]
+    with pytest.raises(OSError):
+        PIL.Image.open(io.BytesIO(toy.image_bytes(bad)[2][0]))
+    # the empty answer
+    assert _answers(bad)[5] == ""
+    assert [a for i, a in enumerate(_answers(bad)) if i != 5] == [a for i, a in enumerate(_answers(ds)) if i != 5]
+    # everything else is untouched, and the input is not modified
+    for i in (0, 1, 3, 4, 6, 7):
+        assert toy.image_bytes(bad)[i] == toy.image_bytes(ds)[i]
+    assert isinstance(bad[5]["images"][0], PIL.Image.Image)
+    assert _answers(ds)[5] != "" and isinstance(ds[2]["images"][0], PIL.Image.Image)
+    # survives a save/load round trip
+    bad.save_to_disk(str(tmp_path / "bad"))
+    reloaded = datasets.load_from_disk(str(tmp_path / "bad"))
+    with pytest.raises(PIL.UnidentifiedImageError):
+        reloaded[2]
+    assert _answers(reloaded)[5] == ""
+
+
+def test_corrupt_rows_options():
+    ds = toy.make_source("count", 6, fmt="sft").select([5, 4, 3, 2, 1, 0])
+    only_answer = toy.corrupt_rows(ds, empty_answer_row=-1)
+    assert _answers(only_answer)[-1] == "" and only_answer[-1]["id"] == "count/train/0"
+    assert isinstance(only_answer[0]["images"][0], PIL.Image.Image)
+    only_image = toy.corrupt_rows(ds, image_row=0)
+    assert only_image["id"] == ds["id"] and _answers(only_image) == _answers(ds)
+    with pytest.raises(PIL.UnidentifiedImageError):
+        only_image[0]
+    assert _fingerprint(toy.corrupt_rows(ds)) == _fingerprint(ds)
+    with pytest.raises(IndexError):
+        toy.corrupt_rows(ds, image_row=6)
+
+
+def test_corpus_covers_everything():
+    corpus = toy.corpus()
+    assert corpus == sorted(set(corpus))
+    for family in toy.FAMILIES:
+        assert set(toy.answer_space(family)) <= set(corpus)
+        ds = toy.make_source(family, 30, seed=12, fmt="rl")
+        assert set(_questions(ds)) <= set(corpus)
+        assert len(set(_questions(ds))) > 1, "questions have a few phrasings"
+
+
+def test_generation_is_fast():
+    toy.make_source("digits", 1)  # load sklearn's digits once
+    for family in toy.FAMILIES:
+        start = time.perf_counter()
+        toy.make_source(family, 1000)
+        elapsed = time.perf_counter() - start
+        assert elapsed < 2.0, (family, elapsed)
