@@ -72,8 +72,8 @@ class SelectionCallback(TrainerCallback):
         seed = args.data_seed if args.data_seed is not None else args.seed
         plan = None
         if state.global_step > 0:
-            saved = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", MANIFEST_NAME)
-            if os.path.exists(saved):
+            saved = self._saved_plan(args, state)
+            if saved is not None:
                 plan = Plan.load(saved)
                 logger.info("mixwise: resumed the selection from %s", saved)
         if plan is None:
@@ -105,6 +105,18 @@ class SelectionCallback(TrainerCallback):
         else:
             logger.info("mixwise selection (%s): %s", plan.method, logs)
         return control
+
+    def _saved_plan(self, args, state) -> str | None:
+        """The `selection.json` of the checkpoint being resumed, if there is one."""
+        candidates = [
+            getattr(self.trainer, "mixwise_resume_from", None),
+            args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else None,
+            os.path.join(args.output_dir, f"checkpoint-{state.global_step}"),
+        ]
+        for ckpt in candidates:
+            if ckpt and os.path.exists(os.path.join(ckpt, MANIFEST_NAME)):
+                return os.path.join(ckpt, MANIFEST_NAME)
+        return None
 
     def on_save(self, args, state, control, **kwargs):
         if self.plan is not None and state.is_world_process_zero:

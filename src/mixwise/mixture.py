@@ -77,7 +77,9 @@ class Mixture:
             missing = [n for n in self.names if n not in plan.sources]
             extra = [n for n in plan.sources if n not in self.sizes]
             if missing or extra:
-                raise ValueError(f"plan does not match the mixture: missing sources {missing}, unknown sources {extra}")
+                raise ValueError(
+                    f"plan does not match the mixture: missing sources {missing}, unknown sources {extra}"
+                )
             # Same names, other order: reorder so that streams do not depend on dict order.
             plan.sources = {n: plan.sources[n] for n in self.names}
         for n, sp in plan.sources.items():

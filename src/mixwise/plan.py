@@ -133,9 +133,7 @@ class Plan:
     # -- construction -------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_weights(
-        cls, weights: Mapping[str, float], sizes: Mapping[str, int], budget: int, **kwargs: Any
-    ) -> Plan:
+    def from_weights(cls, weights: Mapping[str, float], sizes: Mapping[str, int], budget: int, **kwargs: Any) -> Plan:
         """Allocate `budget` rows across sources in proportion to `weights` (exact, largest remainder)."""
         weights = check_weights(weights)
         _check_sizes(sizes, weights)

@@ -97,6 +97,6 @@ class RepeatMixtureSampler(MixtureSampler):
         n_chunks = len(stream) // self.batch_size
         chunks = stream[: n_chunks * self.batch_size].reshape(n_chunks, 1, self.batch_size, 1)
         # (chunk, repeat, index, generation): each chunk repeated, each index repeated inside it.
-        return np.broadcast_to(
-            chunks, (n_chunks, self.repeat_count, self.batch_size, self.mini_repeat_count)
-        ).reshape(-1)
+        return np.broadcast_to(chunks, (n_chunks, self.repeat_count, self.batch_size, self.mini_repeat_count)).reshape(
+            -1
+        )

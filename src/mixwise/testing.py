@@ -11,9 +11,11 @@ Everything here is built locally from configs -- no hub access is ever needed --
 * :func:`build_tiny_llama` builds a text-only :class:`~transformers.LlamaForCausalLM` with the same tokenizer.
 * :func:`save_tiny_model` writes any of them to a directory, so that loading by path with the ``Auto*`` classes works.
 
-All tokenizers and processors carry a compact chat template that accepts string or multimodal (list of parts)
-message contents and marks assistant turns with ``{% generation %}`` so that ``return_assistant_tokens_mask=True``
-(TRL's ``assistant_only_loss``) works. Rendered conversations look like::
+Models are float32 and returned in eval mode (as ``from_pretrained`` would return them); their generation configs
+carry the zoo's pad/bos/eos ids (eos is the end-of-turn token ``<|end|>``). All tokenizers and processors carry a
+compact chat template that accepts string or multimodal (list of parts) message contents and marks assistant turns
+with ``{% generation %}`` so that ``return_assistant_tokens_mask=True`` (TRL's ``assistant_only_loss``) works.
+Rendered conversations look like::
 
     <|system|>\\nBe brief.<|end|>\\n<|user|>\\n<image>How many circles?<|end|>\\n<|assistant|>\\n3<|end|>\\n
 
@@ -49,7 +51,7 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
-    PretrainedConfig,
+    PreTrainedConfig,
     PreTrainedTokenizerFast,
     ProcessorMixin,
     Qwen2VLConfig,
@@ -126,9 +128,9 @@ _TEXT_SIZES = dict(
 
 _NAMES = {"llava": "mixwise-tiny-llava", "qwen2_vl": "mixwise-tiny-qwen2-vl", "llama": "mixwise-tiny-llama"}
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Corpus and tokenizer
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "black", "white", "gray")
@@ -295,9 +297,9 @@ def _fresh_tokenizer(tokenizer: PreTrainedTokenizerFast | None, name: str, templ
     return tokenizer
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Models
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -395,7 +397,7 @@ class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
         super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
 
 
-class _MixwiseQwen2VLImageOnlyConfig(PretrainedConfig):
+class _MixwiseQwen2VLImageOnlyConfig(PreTrainedConfig):
     """Placeholder config: the key under which :class:`Qwen2VLImageOnlyProcessor` is registered with AutoProcessor.
 
     ``AutoProcessor`` resolves a saved ``processor_class`` name among its registered processors; registering under a

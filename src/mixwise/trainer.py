@@ -18,6 +18,7 @@ column-pruned dataset, so the per-source layout comes from the mixture, not from
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .callback import SelectionCallback
@@ -34,6 +35,17 @@ class MixtureTrainerMixin:
     """Overrides `_get_train_sampler` to draw the mixture's plan (GRPO: keeping `RepeatSampler`'s structure)."""
 
     mixture: Mixture | None = None
+    mixwise_resume_from: str | None = None
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # Remember which checkpoint is resumed, so that the selection callback reuses the plan saved there.
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            self.mixwise_resume_from = get_last_checkpoint(self.args.output_dir)
+        elif isinstance(resume_from_checkpoint, str | os.PathLike):
+            self.mixwise_resume_from = os.fspath(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         mixture = getattr(self, "mixture", None)

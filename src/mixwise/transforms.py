@@ -32,7 +32,9 @@ def transform_fingerprint(name: str, config: Mapping[str, Any], model_id: str | 
     return hashlib.sha256(payload.encode()).hexdigest()[:40]
 
 
-def apply_plan(mixture: Mixture, plan: Plan | None = None, seed: int | None = None, epoch: int = 0) -> datasets.Dataset:
+def apply_plan(
+    mixture: Mixture, plan: Plan | None = None, seed: int | None = None, epoch: int = 0
+) -> datasets.Dataset:
     """The materialized mixture: exactly the plan's rows (budget-sized), in the sampler's order for `epoch`.
 
     The result has a `source` column. With `plan`, it is first installed in the mixture. The rows equal what
@@ -44,7 +46,10 @@ def apply_plan(mixture: Mixture, plan: Plan | None = None, seed: int | None = No
     seed = mixture.seed if seed is None else seed
     indices = mixture.indices(epoch=epoch, seed=seed)
     fp = transform_fingerprint(
-        "apply_plan", {"plan": mixture.plan.to_dict(), "seed": seed, "epoch": epoch}, None, mixture.dataset._fingerprint
+        "apply_plan",
+        {"plan": mixture.plan.to_dict(), "seed": seed, "epoch": epoch},
+        None,
+        mixture.dataset._fingerprint,
     )
     return mixture.dataset.select(indices, new_fingerprint=fp)
 
