@@ -151,6 +151,17 @@ def row_images(row: Mapping[str, Any]) -> list[Any]:
     return []
 
 
+def as_pil(value: Any) -> Image.Image:
+    """A decoded RGB image from a PIL image, an undecoded `datasets.Image` dict (`bytes`/`path`) or a file path."""
+    if isinstance(value, Image.Image):
+        return value if value.mode == "RGB" else value.convert("RGB")
+    if isinstance(value, Mapping):
+        data, path = value.get("bytes"), value.get("path")
+        value = io.BytesIO(data) if data is not None else path
+    with Image.open(value) as im:
+        return im.convert("RGB")
+
+
 def row_format(columns: Iterable[str]) -> Literal["sft", "rl"]:
     """`"sft"` when the rows carry `messages`, `"rl"` when they carry `prompt` and a reference answer."""
     columns = set(columns)

@@ -1,0 +1,152 @@
+"""Rows → model inputs with answer-only labels, and per-sample losses. Shared by every signal that runs the model
+(perplexity, gradient features, hidden states).
+
+**Answer tokens.** A row is rendered twice with the model's own chat template: the prompt (every turn before the
+final assistant turn, plus the generation prompt) and the full conversation. The tokens after the prompt are the
+answer tokens: the final assistant turn including its end-of-turn marker. This needs no `{% generation %}` tags,
+so it works with any chat template whose prompt rendering is a prefix of the full rendering (checked; a template
+for which it is not raises a clear error).
+
+**Padding.** Batches are right-padded: a causal model's real tokens then keep the positions they have at batch
+size 1, so a padded batch gives the same per-sample values as one row at a time (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .sources import ANSWER_COLUMNS, DataError, as_pil, row_images
+
+IGNORE_INDEX = -100
+
+
+def _clean_content(content: Any) -> Any:
+    """Drop the `None` keys that Arrow structs add to content parts, so any chat template sees plain parts."""
+    if isinstance(content, str) or content is None:
+        return content
+    return [
+        {k: v for k, v in part.items() if v is not None} if isinstance(part, Mapping) else part for part in content
+    ]
+
+
+def _clean(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{"role": m["role"], "content": _clean_content(m.get("content"))} for m in messages]
+
+
+def conversation(row: Mapping[str, Any], source: str = "?", index: int | None = None) -> tuple[list, list]:
+    """`(prompt_messages, full_messages)` of a row in SFT or RL format (see [`mixwise.sources`])."""
+    if "messages" in row:
+        messages = _clean(row["messages"])
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise DataError(source, index, "messages", "no assistant turn to score")
+        return messages[:last], messages[: last + 1]
+    if "prompt" in row:
+        prompt = row["prompt"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _clean(prompt)
+        answer = next((row[c] for c in ANSWER_COLUMNS if c in row and row[c] is not None), None)
+        if answer is None or not str(answer).strip():
+            raise DataError(source, index, "answer", "empty or missing answer")
+        return prompt, prompt + [{"role": "assistant", "content": [{"type": "text", "text": str(answer)}]}]
+    raise DataError(source, index, "messages", f"row has neither 'messages' nor 'prompt' (keys: {sorted(row)})")
+
+
+def tokenizer_of(processing_class: Any) -> Any:
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+@contextlib.contextmanager
+def right_padding(processing_class: Any):
+    tok = tokenizer_of(processing_class)
+    old = tok.padding_side
+    tok.padding_side = "right"
+    try:
+        yield
+    finally:
+        tok.padding_side = old
+
+
+def encode_rows(
+    rows: Sequence[Mapping[str, Any]],
+    processing_class: Any,
+    max_length: int | None = None,
+    source: str = "?",
+    start_index: int = 0,
+    drop_images: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Encode rows for a forward pass: the processor's outputs plus `labels` that keep only answer tokens.
+
+    Args:
+        rows: dataset rows (SFT or RL format).
+        processing_class: a processor (VLMs) or tokenizer (text models) with a chat template.
+        max_length: truncate from the left of the prompt? No: rows longer than this raise, naming the row —
+            silently cutting answer tokens would change the signal.
+        source, start_index: used in error messages (row ids are `start_index + position`).
+        drop_images: encode the text only (e.g. to measure a text-only signal on a VLM).
+    """
+    tok = tokenizer_of(processing_class)
+    if getattr(tok, "chat_template", None) is None and getattr(processing_class, "chat_template", None) is None:
+        raise ValueError("the processing class has no chat template; set one (tokenizer.chat_template = ...)")
+    prompts, fulls, images = [], [], []
+    for j, row in enumerate(rows):
+        prompt, full = conversation(row, source, start_index + j)
+        prompt_text = processing_class.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        full_text = processing_class.apply_chat_template(full, tokenize=False)
+        if not full_text.startswith(prompt_text):
+            raise ValueError(
+                f"source '{source}', row {start_index + j}: the chat template's prompt rendering is not a prefix of "
+                "the full conversation, so answer tokens cannot be located"
+            )
+        prompts.append(prompt_text)
+        fulls.append(full_text)
+        images.append([] if drop_images else [as_pil(im) for im in row_images(row)])
+    # Answer length in tokens, from text alone: images expand inside the prompt, which does not change it.
+    n_prompt = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
+    n_full = [len(ids) for ids in tok(fulls, add_special_tokens=False)["input_ids"]]
+    n_answer = [f - p for f, p in zip(n_full, n_prompt)]
+    for j, n in enumerate(n_answer):
+        if n <= 0:
+            raise DataError(source, start_index + j, "answer", "the answer renders to no tokens")
+    with right_padding(processing_class):
+        kwargs: dict[str, Any] = {"text": fulls, "padding": True, "return_tensors": "pt", "add_special_tokens": False}
+        if any(images):
+            if not all(images):
+                raise DataError(
+                    source, start_index + images.index([]), "images", "a batch mixes rows with and without images"
+                )
+            kwargs["images"] = images
+        batch = processing_class(**kwargs)
+    lengths = batch["attention_mask"].sum(dim=1)
+    if max_length is not None and int(lengths.max()) > max_length:
+        j = int(lengths.argmax())
+        raise DataError(
+            source, start_index + j, "messages", f"{int(lengths[j])} tokens exceed max_length={max_length}"
+        )
+    labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+    for j, (length, n) in enumerate(zip(lengths.tolist(), n_answer)):
+        labels[j, length - n : length] = batch["input_ids"][j, length - n : length]
+    batch["labels"] = labels
+    return dict(batch)
+
+
+def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over each sample's own answer tokens, shape `(batch,)`.
+
+    `nll_i = −(1/|A_i|) Σ_{t∈A_i} log p(y_t | y_<t)` — never the batch-mean over all tokens of a padded batch.
+    """
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    token_nll = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.clamp(min=0).reshape(-1),
+        reduction="none",
+    ).view(shift_labels.shape)
+    counts = mask.sum(dim=1)
+    if bool((counts == 0).any()):
+        raise ValueError("a sample has no answer tokens in its labels")
+    return (token_nll * mask).sum(dim=1) / counts
