@@ -94,3 +94,17 @@ def test_plain_trainer_text_model_and_resume_mid_epoch(tiny_llama_path, tmp_path
     b = read_json(resumed / "rank0.json")
     assert b["scored"] == []  # the plan came from the checkpoint, not from selecting again
     assert b["consumed"] == a["consumed"][40:]
+
+
+def test_sft_text_model_consumes_the_plan(tiny_llama_path, tmp_path):
+    # SFTTrainer tokenizes a text dataset in its constructor; the mixture still lines up row for row
+    subprocess.run(
+        [sys.executable, str(SCRIPTS / "train_consumed.py"), "sft_text", str(tiny_llama_path), str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    r = read_json(tmp_path / "rank0.json")
+    _, expected = expected_ids(tmp_path)
+    assert r["consumed"] == expected and r["world"] == 1

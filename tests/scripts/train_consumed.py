@@ -51,7 +51,7 @@ class SplitSelector:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["sft", "grpo", "trainer"])
+    p.add_argument("kind", choices=["sft", "sft_text", "grpo", "trainer"])
     p.add_argument("model_dir")
     p.add_argument("out_dir")
     p.add_argument("--resume", default=None)
@@ -63,7 +63,7 @@ def main():
 
     fmt = "rl" if a.kind == "grpo" else "sft"
     pool = {f: make_source(f, 12, seed=1, fmt=fmt) for f in WEIGHTS}
-    if a.kind == "trainer":  # text-only rows for the text model
+    if a.kind in ("trainer", "sft_text"):  # text-only rows for the text model
         pool = {
             f: ds.remove_columns("images").map(
                 lambda r: {
@@ -92,12 +92,16 @@ def main():
         disable_tqdm=True,
     )
 
-    if a.kind == "sft":
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    if a.kind in ("sft", "sft_text"):
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
         from trl import SFTConfig, SFTTrainer
 
-        model = AutoModelForImageTextToText.from_pretrained(a.model_dir)
-        processor = AutoProcessor.from_pretrained(a.model_dir)
+        if a.kind == "sft":
+            model = AutoModelForImageTextToText.from_pretrained(a.model_dir)
+            processor = AutoProcessor.from_pretrained(a.model_dir)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(a.model_dir)
+            processor = AutoTokenizer.from_pretrained(a.model_dir)
         args = SFTConfig(gradient_checkpointing=False, max_length=None, **common)
         trainer = SFTTrainer(model=model, args=args, train_dataset=mixture.dataset, processing_class=processor)
         collator = trainer.data_collator
