@@ -1,0 +1,283 @@
+"""The code behind `recipes/*.yaml`: SFT and GRPO on a selected mixture, in TRL's script conventions.
+
+A recipe is a YAML file parsed by TRL's parser into [`MixtureArguments`] plus TRL's own `SFTConfig` or
+`GRPOConfig`, with command-line overrides:
+
+```bash
+accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/sft.py --config recipes/sft_dataprophet.yaml
+python recipes/sft.py --config recipes/sft_uniform.yaml --budget 256          # one process
+```
+
+With no model or data given, recipes run on the embedded default — the tiny LLaVA (random weights) and the toy
+world — so every recipe runs as shipped. Point them at real data with `model_name_or_path` and `sources` /
+`targets` (local `save_to_disk` folders, `name=path` to rename, or hub dataset ids).
+
+At the end, the main process writes `selection.json` (by the selection callback), `trainer_state.json`,
+`consumed.json` (rows actually collated, per source, summed over ranks) and `report.html` into `output_dir`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+TOY = "toy"
+
+
+@dataclass
+class MixtureArguments:
+    """What to train on: the pool, the targets, the budget and the selection method."""
+
+    model_name_or_path: str = field(
+        default=TOY, metadata={"help": "Model path or hub id; 'toy' builds the tiny LLaVA (random weights)."}
+    )
+    sources: list[str] | None = field(
+        default=None,
+        metadata={"help": "Pool sources: save_to_disk dirs, 'name=path', or hub ids. Default: the toy world."},
+    )
+    targets: list[str] | None = field(
+        default=None, metadata={"help": "Target validation sets (same forms). Default: the toy world's."}
+    )
+    source_split: str = field(default="train", metadata={"help": "Split of DatasetDict / hub sources."})
+    target_split: str = field(default="validation", metadata={"help": "Split of DatasetDict / hub targets."})
+    budget: int | None = field(default=None, metadata={"help": "Rows to train on (one epoch)."})
+    budget_ratio: float | None = field(
+        default=None, metadata={"help": "Budget as a fraction of the pool (used when budget is not set)."}
+    )
+    method: str = field(default="uniform", metadata={"help": "Selector: uniform, fixed_weights, random, ..."})
+    selector_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of the selector (a dict in YAML, JSON on the CLI)."}
+    )
+    validate: str = field(default="raise", metadata={"help": "Row validation: raise or skip (counted)."})
+    toy_families: list[str] | None = field(default=None, metadata={"help": "Toy families (default: all)."})
+    toy_n_train: int = field(default=64, metadata={"help": "Toy rows per source."})
+    toy_n_target: int = field(default=16, metadata={"help": "Toy validation rows per target."})
+    probe_rows: int = field(default=8, metadata={"help": "Rows per target for the probe-loss curves (SFT)."})
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["mixwise.rewards.exact_match"],
+        metadata={"help": "GRPO reward functions by import path."},
+    )
+    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of the full model."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_target_modules: str = field(
+        default=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        metadata={"help": "LoRA target modules (a regex or 'all-linear')."},
+    )
+    report: bool = field(default=True, metadata={"help": "Write report.html at the end."})
+
+    def __post_init__(self):
+        if isinstance(self.selector_kwargs, str):
+            self.selector_kwargs = json.loads(self.selector_kwargs)
+
+
+def _load(spec: str, split: str, name_hint: str | None = None) -> tuple[str, datasets.Dataset]:
+    name, _, path = spec.partition("=") if "=" in spec else (None, "", spec)
+    if os.path.exists(path):
+        ds = datasets.load_from_disk(path)
+    else:  # a hub dataset id
+        ds = datasets.load_dataset(path, split=split)
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise KeyError(f"{path!r} has no split {split!r}; splits: {list(ds)}")
+        ds = ds[split]
+    return name or name_hint or Path(path.rstrip("/")).name, ds
+
+
+def load_pool_and_targets(args: MixtureArguments, fmt: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`({name: Dataset}, {name: Dataset})` of the pool and the targets (the toy world when none are given)."""
+    from .toy import FAMILIES, make_source
+
+    families = list(args.toy_families or FAMILIES)
+    seed = 0
+    if args.sources:
+        pool = dict(_load(s, args.source_split) for s in args.sources)
+    else:
+        pool = {f: make_source(f, args.toy_n_train, split="train", seed=seed, fmt=fmt) for f in families}
+    if args.targets:
+        targets = dict(_load(t, args.target_split) for t in args.targets)
+    elif not args.sources:
+        targets = {f: make_source(f, args.toy_n_target, split="validation", seed=seed, fmt=fmt) for f in families}
+    else:
+        targets = {}
+    return pool, targets
+
+
+def resolve_budget(args: MixtureArguments, pool_size: int) -> int:
+    if args.budget is not None:
+        return int(args.budget)
+    if args.budget_ratio is not None:
+        if not 0 < args.budget_ratio <= 1:
+            raise ValueError(f"budget_ratio must be in (0, 1], got {args.budget_ratio}")
+        return max(1, round(args.budget_ratio * pool_size))
+    raise ValueError("set `budget` (rows) or `budget_ratio` (fraction of the pool)")
+
+
+def make_selector(args: MixtureArguments):
+    from .selectors import SELECTORS
+
+    if args.method not in SELECTORS:
+        raise ValueError(f"unknown method {args.method!r}; available: {sorted(SELECTORS)}")
+    return SELECTORS[args.method](**(args.selector_kwargs or {}))
+
+
+def resolve_model_path(args: MixtureArguments, output_dir: str, seed: int) -> str:
+    """The model path; for 'toy', the main process writes the tiny LLaVA and the other ranks wait for it."""
+    if args.model_name_or_path != TOY:
+        return args.model_name_or_path
+    from accelerate import PartialState
+
+    from .testing import save_tiny_model
+
+    path = Path(output_dir) / "base_model"
+    with PartialState().main_process_first():
+        if not (path / "config.json").exists():
+            save_tiny_model("llava", path, seed=seed)
+    return str(path)
+
+
+class ConsumptionRecorder:
+    """Wraps a collator and counts the rows it receives per source (needs the `source` column)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.counts: collections.Counter = collections.Counter()
+
+    def __call__(self, examples):
+        self.counts.update(ex.get("source", "?") for ex in examples)
+        return self.collator(examples)
+
+
+def _lora(args: MixtureArguments):
+    if not args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=args.lora_target_modules, task_type="CAUSAL_LM"
+    )
+
+
+def _finish(trainer, mixture, recorder: ConsumptionRecorder, args: MixtureArguments) -> dict[str, Any]:
+    from accelerate.utils import gather_object
+
+    trainer.save_model()
+    counts = gather_object([dict(recorder.counts)])
+    total: collections.Counter = collections.Counter()
+    for c in counts:
+        total.update(c)
+    result = {"consumed": dict(total), "planned": mixture.plan.counts}
+    if trainer.is_world_process_zero():
+        trainer.save_state()
+        out = Path(trainer.args.output_dir)
+        (out / "consumed.json").write_text(json.dumps(result, indent=2))
+        if args.report:
+            from .report import build_report
+
+            result["report"] = str(build_report(out))
+    return result
+
+
+def run_sft(args: MixtureArguments, training_args) -> dict[str, Any]:
+    """SFT with TRL's SFTTrainer on the mixture the selector plans (vision or text models)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTTrainer
+
+    from .mixture import Mixture
+    from .probes import ProbeLossCallback
+    from .trainer import attach
+
+    training_args.remove_unused_columns = False  # keep `source` for per-source accounting
+    model_path = resolve_model_path(args, training_args.output_dir, training_args.seed)
+    pool, targets = load_pool_and_targets(args, fmt="sft")
+    mixture = Mixture(
+        pool,
+        budget=resolve_budget(args, sum(map(len, pool.values()))),
+        seed=training_args.seed,
+        validate=args.validate,
+    )
+    config = AutoConfig.from_pretrained(model_path)
+    is_vlm = hasattr(config, "vision_config")
+    model_cls = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
+    model = model_cls.from_pretrained(model_path)
+    processor = AutoProcessor.from_pretrained(model_path)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=mixture.dataset,
+        processing_class=processor,
+        peft_config=_lora(args),
+    )
+    attach(trainer, mixture, selector=make_selector(args), targets=targets, model_id=model_path)
+    if targets and args.probe_rows > 0:
+        probes = {n: ds.select(range(min(args.probe_rows, len(ds)))) for n, ds in targets.items()}
+        trainer.add_callback(ProbeLossCallback(probes, processor, trainer=trainer))
+    recorder = ConsumptionRecorder(trainer.data_collator)
+    trainer.data_collator = recorder
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    return _finish(trainer, mixture, recorder, args)
+
+
+def run_grpo(args: MixtureArguments, training_args) -> dict[str, Any]:
+    """GRPO with TRL's GRPOTrainer: the selector allocates the prompt budget across sources; rewards are logged
+    per source."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import GRPOTrainer
+
+    from .mixture import Mixture
+    from .rewards import per_source, resolve_reward
+    from .trainer import attach
+
+    model_path = resolve_model_path(args, training_args.output_dir, training_args.seed)
+    pool, targets = load_pool_and_targets(args, fmt="rl")
+    mixture = Mixture(
+        pool,
+        budget=resolve_budget(args, sum(map(len, pool.values()))),
+        seed=training_args.seed,
+        validate=args.validate,
+    )
+    model = AutoModelForImageTextToText.from_pretrained(model_path)
+    processor = AutoProcessor.from_pretrained(model_path)
+    reward_funcs = [per_source(resolve_reward(name)) for name in args.reward_funcs]
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=mixture.dataset,
+        processing_class=processor,
+        peft_config=_lora(args),
+    )
+    attach(trainer, mixture, selector=make_selector(args), targets=targets, model_id=model_path)
+    recorder = ConsumptionRecorder(trainer.data_collator)
+    trainer.data_collator = recorder
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = _finish(trainer, mixture, recorder, args)
+    # each prompt is collated num_generations times per pass; report prompts, not completions
+    return result
+
+
+def parse(config_cls, argv=None):
+    from trl import TrlParser
+
+    parser = TrlParser(dataclass_types=[MixtureArguments, config_cls])
+    return parser.parse_args_and_config(argv)
+
+
+def main_sft(argv=None) -> dict[str, Any]:
+    from trl import SFTConfig
+
+    args, training_args = parse(SFTConfig, argv)
+    return run_sft(args, training_args)
+
+
+def main_grpo(argv=None) -> dict[str, Any]:
+    from trl import GRPOConfig
+
+    args, training_args = parse(GRPOConfig, argv)
+    return run_grpo(args, training_args)
