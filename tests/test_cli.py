@@ -82,3 +82,9 @@ def test_demo_runs_and_writes_a_valid_manifest(tmp_path):
         if line.startswith("| ") and "---" not in line and "source |" not in line
     ]
     assert sum(consumed) == 16
+
+
+def test_report_command_takes_the_run_dir_positionally(tmp_path, capsys):
+    Plan.uniform({"a": 3, "b": 4}, 5).save(tmp_path)
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "report.html").exists() and "wrote" in capsys.readouterr().out
