@@ -8,7 +8,16 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .configs import AllocateConfig, DemoConfig, ToyConfig
+from .configs import (
+    AllocateConfig,
+    DemoConfig,
+    EvalTauConfig,
+    GenerateConfig,
+    ReportConfig,
+    ScoreConfig,
+    SelectConfig,
+    ToyConfig,
+)
 
 
 @dataclass
@@ -17,6 +26,7 @@ class Command:
     help: str
     config: type
     run: Callable
+    positional: str | None = None  # a config field that may be given as the first bare argument
 
 
 def _run_demo(cfg: DemoConfig) -> int:
@@ -74,6 +84,142 @@ def _run_allocate(cfg: AllocateConfig) -> int:
     return 0
 
 
+def _run_score(cfg: ScoreConfig) -> int:
+    import os
+
+    from .dataprophet import run_score
+
+    out = run_score(cfg)
+    result, plan = out["result"], out["plan"]
+    print(f"DataProphet M(source -> target), terms on: {', '.join(result.terms.enabled())}")
+    metric = result.metric()
+    print("\t".join(["source", *metric.cols]))
+    for s, row in zip(metric.rows, metric.values):
+        print("\t".join([s, *(f"{v:.4f}" for v in row)]))
+    print("allocation:")
+    for name, sp in plan.sources.items():
+        flag = "  (repeats rows)" if sp.repeated else ""
+        print(f"  {name}\t{sp.count}\t{sp.weight:.4f}{flag}")
+    print(f"wrote {', '.join(sorted(os.path.basename(p) for p in out['paths'].values()))} to {cfg.out}")
+    return 0
+
+
+def _run_eval_tau(cfg: EvalTauConfig) -> int:
+    from .tau import run_eval_tau
+
+    run_eval_tau(cfg)
+    if cfg.out:
+        print(f"wrote {cfg.out}")
+    return 0
+
+
+def _run_report(cfg: ReportConfig) -> int:
+    from .report import build_report
+
+    print(f"wrote {build_report(cfg.run_dir, cfg.out)}")
+    return 0
+
+
+def _run_select(cfg: SelectConfig) -> int:
+    import os
+
+    from .icons import ICONS, ICONSConfig
+    from .mixture import Mixture
+    from .selectors import SELECTORS, SelectionContext
+    from .sources import load_source
+    from .warmup import WarmupConfig
+
+    if not cfg.pool:
+        raise SystemExit("mixwise select: --pool is required (one or more source directories)")
+    pool = [load_source(p, split=cfg.pool_split) for p in cfg.pool]
+    total = sum(len(s) for s in pool)
+    budget = cfg.budget if cfg.budget is not None else max(1, round(cfg.ratio * total))
+    mixture = Mixture(pool, budget=budget, seed=cfg.seed)
+    if cfg.method == "icons":
+        if not cfg.model or not cfg.targets:
+            raise SystemExit("mixwise select --method icons: --model and --targets are required")
+        targets = {}
+        for path in cfg.targets:
+            split = cfg.target_split
+            if split is None:
+                import datasets
+
+                ds = datasets.load_from_disk(path)
+                split = next((s for s in ("validation", "test") if isinstance(ds, dict) and s in ds), "validation")
+            src = load_source(path, split=split, role="target")
+            if src.name in targets:
+                raise SystemExit(f"mixwise select: two targets are named {src.name!r}; give them distinct folders")
+            targets[src.name] = src.dataset
+        overrides = {
+            k: v
+            for k, v in {
+                "fraction": cfg.warmup_fraction,
+                "r": cfg.lora_r,
+                "alpha": cfg.lora_alpha,
+                "epochs": cfg.warmup_epochs,
+            }.items()
+            if v is not None
+        }
+        selector = ICONS(
+            ICONSConfig(
+                model_path=cfg.model,
+                work_dir=cfg.work_dir or os.path.join(cfg.out, "work"),
+                warmup=WarmupConfig.preset(cfg.warmup_preset, seed=cfg.seed, **overrides),
+                warmup_dir=cfg.warmup_dir,
+                checkpoints=cfg.checkpoints,
+                signal=cfg.signal,
+                pool_mode=cfg.pool_mode,
+                proj_dim=cfg.proj_dim,
+                projector=cfg.projector,
+                proj_seed=cfg.seed,
+                aggregator=cfg.aggregator,
+                p_vote=cfg.p_vote,
+                specialist_task=cfg.specialist_task,
+                subtask_column=cfg.subtask_column,
+                visual_dependency=cfg.visual_dependency,
+                batch_size=cfg.batch_size,
+                max_length=cfg.max_length,
+                chunk_size=cfg.chunk_size,
+                on_error=cfg.on_error,
+            )
+        )
+        context = SelectionContext(mixture=mixture, seed=cfg.seed, targets=targets, model_id=cfg.model)
+    elif cfg.method in SELECTORS and cfg.method not in ("fixed_weights", "dataprophet"):
+        selector = SELECTORS[cfg.method]()
+        context = SelectionContext(mixture=mixture, seed=cfg.seed)
+    else:
+        raise SystemExit(f"mixwise select: unknown method {cfg.method!r} (icons, random, uniform)")
+    plan = selector.select(context)
+    from .distributed import is_main_process
+
+    if not is_main_process():
+        return 0
+    path = plan.save(cfg.out)
+    written = [path]
+    if cfg.method == "icons":
+        written += selector.result.save(cfg.out)
+    for name, sp in plan.sources.items():
+        print(f"{name}\t{sp.count}\t{sp.weight:.4f}")
+    names = ", ".join(os.path.basename(p) for p in written)
+    print(f"selected {plan.budget} of {total} rows; wrote {names} to {cfg.out}")
+    return 0
+
+
+def _run_generate(cfg: GenerateConfig) -> int:
+    from .mmgen import run_mmgen
+
+    result = run_mmgen(cfg)
+    summary = result.summary
+    print("subgroup\tshare\timages\tpairs_parsed\tpairs_kept")
+    for name, g in summary["subgroups"].items():
+        print(f"{name}\t{g['share']:.4f}\t{g['images']}\t{g['pairs_parsed']}\t{g['pairs_kept']}")
+    rejected = ", ".join(f"{k}: {v}" for k, v in summary["rejected_items"].items()) or "none"
+    dropped = ", ".join(f"{k}: {v}" for k, v in (summary["filter"] or {}).items()) or "none"
+    print(f"items: {summary['items']}, rejected: {rejected}; pairs parsed: {summary['pairs_parsed']}")
+    print(f"filtered out: {dropped}; kept {summary['pairs_kept']} rows in {result.out / 'dataset'}")
+    return 0
+
+
 COMMANDS = {
     c.name: c
     for c in [
@@ -86,6 +232,37 @@ COMMANDS = {
         Command("toy", "Write the toy world's sources to disk, one folder per source.", ToyConfig, _run_toy),
         Command(
             "allocate", "Turn per-source weights into an exact plan under a budget.", AllocateConfig, _run_allocate
+        ),
+        Command(
+            "score",
+            "DataProphet: score sources for targets (metric.csv, terms, heatmap) and allocate a budget.",
+            ScoreConfig,
+            _run_score,
+        ),
+        Command(
+            "eval-tau",
+            "Kendall tau (per target, per source, headline) between a predicted metric and measured transfer.",
+            EvalTauConfig,
+            _run_eval_tau,
+        ),
+        Command(
+            "report",
+            "Build RUN_DIR/report.html from a run's selection.json and trainer logs.",
+            ReportConfig,
+            _run_report,
+            positional="run_dir",
+        ),
+        Command(
+            "select",
+            "Per-sample selection for the targets (ICONS: warm-up, gradient features, influence, vote).",
+            SelectConfig,
+            _run_select,
+        ),
+        Command(
+            "generate",
+            "MM-GEN: partition a target into subgroups, generate targeted Q/A pairs with a VLM, filter them.",
+            GenerateConfig,
+            _run_generate,
         ),
     ]
 }
@@ -115,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trl import TrlParser
 
     command = COMMANDS[name]
+    if command.positional and rest and not rest[0].startswith("-"):
+        rest = [f"--{command.positional}", rest[0], *rest[1:]]
     parser = TrlParser(dataclass_types=[command.config], prog=f"mixwise {name}", description=command.help)
     (cfg,) = parser.parse_args_and_config(rest)
     return command.run(cfg)

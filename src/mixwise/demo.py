@@ -2,7 +2,8 @@
 
 1. build the tiny LLaVA (random weights) and save it, so that it is loaded by path as a user's model would be;
 2. make the toy world's sources (the pool);
-3. plan the mixture under the budget with a selector, inside the trainer, through `SelectionCallback`;
+3. plan the mixture under the budget with a selector (default: DataProphet, scoring every toy source for every toy
+   family's test split with the live model), inside the trainer, through `SelectionCallback`;
 4. train LoRA with TRL's `SFTTrainer` on exactly that mixture;
 5. write `selection.json`, the adapter and a short `report.md` into the output directory.
 """
@@ -18,14 +19,19 @@ from typing import Any
 
 from .configs import DemoConfig
 
+DEMO_TARGET_ROWS = 16  # rows of each toy family's test split used as DataProphet targets
 
-def make_selector(name: str):
+
+def make_selector(name: str, seed: int = 0, n_train: int = 64):
     from .selectors import SELECTORS
 
     if name not in SELECTORS:
         raise ValueError(f"unknown selector {name!r}; available: {sorted(SELECTORS)}")
     if name == "fixed_weights":
         raise ValueError("the demo cannot take fixed weights; use `mixwise allocate` for those")
+    if name == "dataprophet":
+        # a small subsample keeps the demo fast; k-means needs more rows than clusters, so tiny pools get fewer
+        return SELECTORS[name](subsample=64, seed=seed, n_clusters=max(2, min(10, n_train - 1)))
     return SELECTORS[name]()
 
 
@@ -54,6 +60,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     steps.set_postfix_str("making the toy world")
     pool = {f: make_source(f, cfg.n_train, split="train", seed=cfg.seed) for f in families}
     mixture = Mixture(pool, budget=cfg.budget, seed=cfg.seed)
+    targets = {f: make_source(f, DEMO_TARGET_ROWS, split="test", seed=cfg.seed) for f in families}
     steps.update()
 
     steps.set_postfix_str("training")
@@ -84,7 +91,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=mixture.dataset, processing_class=processor, peft_config=lora
     )
-    attach(trainer, mixture, selector=make_selector(cfg.selector), model_id=str(model_dir))
+    attach(
+        trainer,
+        mixture,
+        selector=make_selector(cfg.selector, cfg.seed, cfg.n_train),
+        targets=targets,
+        model_id=str(model_dir),
+    )
     consumed = _record_consumed(trainer)
     result = trainer.train()
     steps.update()
@@ -132,6 +145,13 @@ def _report(plan, consumed, losses, metrics, seconds) -> str:
     ]
     for name, sp in plan.sources.items():
         lines.append(f"| {name} | {sp.weight:.3f} | {sp.count} | {consumed.get(name, 0)} | {sp.size} |")
+    metric = plan.extra.get("metric") if plan.extra else None
+    if metric:  # a preformatted block (the table above is the one per-source table of the report)
+        targets = list(next(iter(metric.values())))
+        lines += ["", "DataProphet metric M(source → target) (rows: training sources; columns: toy test splits):", ""]
+        lines += ["```", f"{'source':<10}" + "".join(f"{t:>10}" for t in targets)]
+        lines += [f"{s:<10}" + "".join(f"{metric[s][t]:>10.4f}" for t in targets) for s in metric]
+        lines += ["```"]
     if losses:
         lines += ["", f"Training loss: first {losses[0]:.3f}, last {losses[-1]:.3f} over {len(losses)} steps."]
     lines += ["", f"Trainer metrics: `{json.dumps({k: round(v, 4) for k, v in metrics.items()})}`"]

@@ -131,3 +131,33 @@ class RandomSubset:
 
 
 SELECTORS: dict[str, type] = {"uniform": Uniform, "fixed_weights": FixedWeights, "random": RandomSubset}
+
+
+class _LazyDataProphet:
+    """Registry entry for `mixwise.dataprophet.DataProphet`, imported on first use (it needs torch and transformers,
+    and imports this module): calling it returns a `DataProphet`."""
+
+    name = "dataprophet"
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        from .dataprophet import DataProphet
+
+        return DataProphet(*args, **kwargs)
+
+
+SELECTORS["dataprophet"] = _LazyDataProphet
+
+
+class _LazyICONS:
+    """Registry entry for `mixwise.icons.ICONS`, imported on first use (it needs torch, transformers and peft, and
+    imports this module): calling it returns an `ICONS` selector."""
+
+    name = "icons"
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        from .icons import ICONS
+
+        return ICONS(*args, **kwargs)
+
+
+SELECTORS["icons"] = _LazyICONS

@@ -1,0 +1,165 @@
+"""The feature datastore: layout, streaming reads, mismatch refusal, resumption after a real SIGKILL."""
+
+import filecmp
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import SCRIPTS
+
+from mixwise.datastore import Datastore, DatastoreMismatch, fill_store
+from mixwise.gradients import FeatureResult
+
+IDENTITY = {
+    "model": "org/model",
+    "model_revision": "abc",
+    "adapter": "f00d",
+    "checkpoint": "checkpoint-3",
+    "features": {"mode": "sgd", "projector": {"kind": "gaussian", "dim": 8, "seed": 0, "block_rows": 4096}},
+    "dataset": "fp123",
+}
+
+
+class FakeFeaturizer:
+    """Deterministic features from row ids; row 5 is a bad row (skipped)."""
+
+    feature_dim = 8
+
+    def __init__(self):
+        self.calls = []
+
+    def featurize_rows(self, rows, names, row_ids):
+        self.calls.append(list(row_ids))
+        feats = torch.stack([torch.arange(8, dtype=torch.float32) + i for i in row_ids])
+        ok = torch.tensor([i != 5 for i in row_ids])
+        feats[~ok] = 0
+        skipped = [
+            {"position": j, "source": "s", "row": i, "field": "loss", "problem": "nan"}
+            for j, i in enumerate(row_ids)
+            if i == 5
+        ]
+        return FeatureResult(feats, ok, skipped, torch.zeros(len(row_ids)))
+
+
+def get_rows(ids):
+    return [{"id": int(i)} for i in ids], [("s", int(i)) for i in ids]
+
+
+def test_layout_write_read_and_chunks(tmp_path):
+    store = Datastore.create(tmp_path / "s", n_rows=10, dim=8, identity=IDENTITY, chunk_size=3, shard_size=4)
+    assert store.shard_size == 6 and len(store.manifest["shards"]) == 2  # rounded up to whole chunks
+    assert store.n_chunks == 4 and store.chunk_range(3) == (9, 10)
+    assert store.pending(0, 2) == [0, 2] and store.pending(1, 2) == [1, 3]
+    feats = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
+    store.write(0, feats[:5], np.arange(5, dtype=np.float32))
+    store.write(5, feats[5:], np.arange(5, 10, dtype=np.float32))  # crosses the shard boundary at row 6
+    store.mark_done(1, {"skipped": [{"row": 4}]})
+    got, norms = Datastore.open(tmp_path / "s").read(2, 9)
+    assert got.dtype == np.float16 and np.array_equal(got, feats[2:9].astype(np.float16))
+    assert np.array_equal(norms, np.arange(2, 9, dtype=np.float32))
+    blocks = list(store.iter_blocks(4))
+    assert [(a, b) for a, b, *_ in blocks] == [(0, 4), (4, 8), (8, 10)]
+    assert store.done_chunks() == [1] and store.pending(0, 1) == [0, 2, 3] and not store.complete
+    assert store.skipped() == [{"row": 4}]
+    with open(tmp_path / "s" / "manifest.json") as f:
+        manifest = json.load(f)
+    assert manifest["identity"] == IDENTITY and manifest["dtype"] == "float16"
+    assert np.array_equal(np.load(tmp_path / "s" / "row_ids.npy"), np.arange(10))
+
+
+def test_fill_store_normalises_and_records_skips(tmp_path):
+    store = Datastore.create(tmp_path / "s", n_rows=7, dim=8, identity=IDENTITY, chunk_size=3)
+    feat = FakeFeaturizer()
+    report = fill_store(store, get_rows, feat, progress=False)
+    assert report.computed == [0, 1, 2] and feat.calls == [[0, 1, 2], [3, 4, 5], [6]]
+    unit, norms = store.load()
+    raw = np.stack([np.arange(8) + i for i in range(7)]).astype(np.float32)
+    expected = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    valid = np.arange(7) != 5
+    np.testing.assert_allclose(unit[valid].astype(np.float32), expected[valid], atol=1e-3)
+    np.testing.assert_allclose(norms[valid], np.linalg.norm(raw, axis=1)[valid], rtol=1e-6)
+    assert np.isnan(norms[5]) and not unit[5].any()  # a skipped row: NaN norm, zero feature
+    assert [s["store_row"] for s in store.skipped()] == [5]
+    assert fill_store(store, get_rows, feat, progress=False).computed == []  # complete: nothing recomputed
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("model", "org/other-model"),
+        ("adapter", "beef"),
+        ("checkpoint", "checkpoint-6"),
+        ("features.projector.seed", 1),
+        ("features.projector.dim", 16),
+        ("features.mode", "adam"),
+        ("dataset", "fp999"),
+    ],
+)
+def test_reopening_with_another_identity_is_refused(tmp_path, field, value):
+    Datastore.create(tmp_path / "s", n_rows=4, dim=8, identity=IDENTITY, chunk_size=2)
+    other = json.loads(json.dumps(IDENTITY))
+    node = other
+    *parents, leaf = field.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(DatastoreMismatch, match=rf"{field}: stored .*, given {value!r}"):
+        Datastore.open_or_create(tmp_path / "s", 4, 8, other, chunk_size=2)
+    Datastore.open_or_create(tmp_path / "s", 4, 8, IDENTITY, chunk_size=2)  # the same identity opens
+
+
+def test_other_sizes_or_rows_are_refused(tmp_path):
+    Datastore.create(tmp_path / "s", n_rows=4, dim=8, identity=IDENTITY, chunk_size=2)
+    with pytest.raises(DatastoreMismatch, match="n_rows=4"):
+        Datastore.open_or_create(tmp_path / "s", 5, 8, IDENTITY, chunk_size=2)
+    with pytest.raises(DatastoreMismatch, match="row ids differ"):
+        Datastore.open_or_create(tmp_path / "s", 4, 8, IDENTITY, row_ids=[3, 2, 1, 0], chunk_size=2)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a datastore"):
+        Datastore.create(tmp_path / "junk", 4, 8, IDENTITY)
+    with pytest.raises(FileNotFoundError, match="no datastore"):
+        Datastore.open(tmp_path / "nothing")
+
+
+def same_bytes(a, b) -> list[str]:
+    """Relative paths whose bytes differ (or exist on one side only)."""
+    diffs = []
+    cmp = filecmp.dircmp(a, b)
+    diffs += cmp.left_only + cmp.right_only
+    for name in cmp.common_files:
+        with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
+            if fa.read() != fb.read():
+                diffs.append(name)
+    for sub in cmp.common_dirs:
+        diffs += [f"{sub}/{d}" for d in same_bytes(os.path.join(a, sub), os.path.join(b, sub))]
+    return diffs
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_byte_identical(tmp_path):
+    """A real SIGKILL after chunk 3's rows are written but before it is marked done; the restart recomputes only
+    the unfinished chunks (3 included) and the store ends byte-identical to an uninterrupted run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    script = str(SCRIPTS / "icons_featurize.py")
+    ref, test = tmp_path / "ref", tmp_path / "test"
+    first = subprocess.run(
+        [sys.executable, script, str(test), "--ref", str(ref), "--kill_after_written", "3", "--record",
+         str(tmp_path / "first.json")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert first.returncode == -9, first.stderr[-3000:]  # killed by SIGKILL
+    assert json.loads((tmp_path / "first.json").read_text()) == [0, 1, 2]
+    assert Datastore.open(test).done_chunks() == [0, 1, 2] and Datastore.open(ref).complete
+    assert same_bytes(ref, test)  # not finished yet
+    second = subprocess.run(
+        [sys.executable, script, str(test), "--record", str(tmp_path / "second.json")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads((tmp_path / "second.json").read_text()) == [3, 4, 5]
+    assert same_bytes(ref, test) == []

@@ -1,0 +1,161 @@
+"""Influence (streamed, equal to the explicit N × |V| mean) and every aggregator against hand-computed selections."""
+
+import numpy as np
+import pytest
+
+from mixwise.datastore import Datastore
+from mixwise.influence import (
+    aggregate,
+    combine_influence,
+    doubled_rank_sum,
+    stream_scores,
+    task_means,
+    top_set_overlap,
+    vote_counts,
+    vote_histogram,
+)
+
+# Dyadic values, so that sums are exact and the hand computations below hold bit for bit.
+S = np.array(
+    [
+        [0.875, 0.125, 0.5],  # row 0
+        [0.75, 0.75, 0.125],  # row 1
+        [0.125, 0.875, 0.875],  # row 2
+        [0.5, 0.5, 0.5],  # row 3
+        [0.25, 0.25, 0.75],  # row 4
+        [0.625, 0.375, 0.25],  # row 5
+    ]
+)
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_streamed_influence_equals_the_explicit_mean_over_validation_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    pool = unit(rng.standard_normal((23, 16))).astype(np.float32)
+    store = Datastore.create(tmp_path / "pool", 23, 16, {"x": 1}, chunk_size=5, shard_size=10)
+    store.write(0, pool, np.ones(23, np.float32))
+    pool16 = store.load()[0].astype(np.float32)  # what the store holds (float16)
+    val = {"a": unit(rng.standard_normal((5, 16))), "b": unit(rng.standard_normal((3, 16)))}
+    for name, v in val.items():
+        names, means = task_means(v, name=name)
+        assert names == [name]
+        explicit = (pool16 @ v.T).mean(axis=1)  # the N x |V| matrix, then the mean over validation rows
+        np.testing.assert_allclose(stream_scores(store, means, block_rows=4)[:, 0], explicit, rtol=1e-5, atol=1e-6)
+    # subtasks: one column per subtask, then max over subtasks
+    labels = ["x", "y", "x", "y", "y"]
+    names, means = task_means(val["a"], subtasks=labels, name="a")
+    assert names == ["x", "y"]
+    cols = stream_scores(store, means)
+    np.testing.assert_allclose(cols[:, 0], (pool16 @ val["a"][[0, 2]].T).mean(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cols[:, 1], (pool16 @ val["a"][[1, 3, 4]].T).mean(1), rtol=1e-5, atol=1e-6)
+    combined = combine_influence([{"a": cols}], subtask_columns={"a": names})
+    np.testing.assert_allclose(combined.scores[:, 0], cols.max(axis=1), rtol=1e-6)
+
+
+def test_skipped_rows_are_excluded():
+    v = unit(np.random.default_rng(1).standard_normal((4, 8)))
+    norms = np.array([1.0, np.nan, 1.0, 1.0])
+    _, means = task_means(v, norms, name="t")
+    np.testing.assert_allclose(means[0], v[[0, 2, 3]].mean(0))
+    with pytest.raises(ValueError, match="target 'vqa' has no rows"):
+        task_means(np.zeros((0, 8)), name="vqa")
+    with pytest.raises(ValueError, match="target 'vqa': every validation row was skipped"):
+        task_means(v, np.full(4, np.nan), name="vqa")
+    with pytest.raises(ValueError, match="subtask 'y'"):
+        task_means(v, norms, subtasks=["x", "y", "x", "x"], name="vqa")
+
+
+def test_checkpoints_are_summed_with_normalised_learning_rate_weights():
+    a = {"t": np.array([[1.0], [3.0]])}
+    b = {"t": np.array([[4.0], [0.0]])}
+    out = combine_influence([a, b], weights=[2e-4, 1e-4])
+    assert out.checkpoint_weights == pytest.approx([2 / 3, 1 / 3])
+    np.testing.assert_allclose(out.scores[:, 0], [2 / 3 * 1 + 1 / 3 * 4, 2 / 3 * 3])
+    with pytest.raises(ValueError, match="non-negative"):
+        combine_influence([a, b], weights=[1.0])
+
+
+def test_vote_hand_computed_with_tie_break():
+    votes, taus = vote_counts(S, p_vote=1 / 3)
+    # 66.7th percentiles (linear interpolation): 0.625 + 1/3 * 0.125, 0.5 + 1/3 * 0.25, 0.5 + 1/3 * 0.25
+    np.testing.assert_allclose(taus, [0.625 + 0.125 / 3, 0.5 + 0.25 / 3, 0.5 + 0.25 / 3])
+    assert votes.tolist() == [1, 2, 2, 0, 1, 0]
+    # doubled average ranks (ascending): row 0 = 2*(6 + 1 + 3.5), row 4 = 2*(2 + 2 + 5); row 0 and row 3 tie in task 2
+    assert doubled_rank_sum(S, np.ones(6, bool)).tolist() == [21, 22, 26, 21, 18, 18]
+    sel = aggregate(S, 3, "vote", p_vote=1 / 3)
+    # rows 1 and 2 have 2 votes (row 2's mean percentile rank is higher); rows 0 and 4 tie at 1 vote: row 0 ranks higher
+    assert sel.order.tolist() == [2, 1, 0] and sel.rows.tolist() == [0, 1, 2]
+    # p_vote defaults to n_select / N (ICONS: p_vote = p_select)
+    assert aggregate(S, 2, "vote").info["p_vote"] == pytest.approx(1 / 3)
+
+
+def test_vote_p_vote_and_p_select_are_separate():
+    sel = aggregate(S, 2, "vote", p_vote=0.5)
+    # median thresholds 0.5625, 0.4375, 0.5 -> votes 2, 2, 2, 2, 1, 1; rank sums 21, 22, 26, 21 -> rows 2, 1
+    assert sel.votes.tolist() == [2, 2, 2, 2, 1, 1]
+    assert sel.order.tolist() == [2, 1]
+
+
+def test_vote_full_ties_fall_back_to_row_id():
+    s = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    sel = aggregate(s, 2, "vote", p_vote=0.5)
+    assert sel.votes.tolist() == [1, 1, 1, 1]
+    assert sel.order.tolist() == [0, 1]  # same votes, same mean percentile rank -> lower row id
+
+
+def test_score_aggregators_hand_computed():
+    # merge: 1.5, 1.625, 1.875, 1.5, 1.25, 1.25 -> 2, 1, then 0 before 3 (tie, row id)
+    assert aggregate(S, 4, "merge").order.tolist() == [2, 1, 0, 3]
+    # max: 0.875 (rows 0, 2), 0.75 (rows 1, 4)
+    assert aggregate(S, 3, "max").order.tolist() == [0, 2, 1]
+    mu, sd = S.mean(0), S.std(0)
+    gaus = ((S - mu) / sd).sum(1)
+    assert aggregate(S, 3, "gausnorm").order.tolist() == np.argsort(-gaus, kind="stable")[:3].tolist()
+    sumnorm = (S / S.sum(0)).sum(1)
+    assert aggregate(S, 3, "sumnorm").order.tolist() == np.argsort(-sumnorm, kind="stable")[:3].tolist()
+    assert aggregate(S, 2, "specialist", task=1).order.tolist() == [2, 1]
+    assert aggregate(S, 2, "specialist", task="b", tasks=["a", "b", "c"]).order.tolist() == [2, 1]
+    # a constant task contributes nothing to gausnorm instead of dividing by zero
+    flat = np.column_stack([S[:, 0], np.full(6, 0.5)])
+    assert aggregate(flat, 2, "gausnorm").order.tolist() == [0, 1]
+
+
+def test_sumnorm_is_guarded():
+    bad = S.copy()
+    bad[:, 1] -= bad[:, 1].mean()  # sums to ~0
+    with pytest.raises(ValueError, match="sumnorm: the influence of task 'b'"):
+        aggregate(bad, 2, "sumnorm", tasks=["a", "b", "c"])
+    with pytest.raises(ValueError, match="flips"):
+        aggregate(-S, 2, "sumnorm")
+
+
+def test_rank_aggregators_hand_computed():
+    # round robin: task 0 takes row 0, task 1 row 2, task 2 (row 2 taken) row 4, task 0 row 1
+    assert aggregate(S, 4, "round_robin").order.tolist() == [0, 2, 4, 1]
+    # min rank: best ranks 0, 1, 0, 2, 1, 2; rank sums 7, 7, 5, 8, 9, 9
+    assert aggregate(S, 3, "min_rank").order.tolist() == [2, 0, 1]
+    assert aggregate(S, 6, "min_rank").order.tolist() == [2, 0, 1, 4, 3, 5]
+
+
+def test_nan_rows_are_never_selected():
+    s = np.vstack([S, [[np.nan, np.nan, np.nan]]])
+    for method in ("vote", "merge", "max", "gausnorm", "sumnorm", "round_robin", "min_rank", "specialist"):
+        kwargs = {"task": 0} if method == "specialist" else {}
+        assert 6 not in aggregate(s, 6, method, **kwargs).order.tolist()
+    assert aggregate(s, 3, "vote", p_vote=1 / 3).order.tolist() == [2, 1, 0]  # NaN row ignored in percentiles
+    with pytest.raises(ValueError, match="cannot select 7 rows"):
+        aggregate(s, 7, "merge")
+    with pytest.raises(ValueError, match="unknown aggregator"):
+        aggregate(S, 2, "borda")
+    with pytest.raises(ValueError, match="positive integer"):
+        aggregate(S, 0, "vote")
+
+
+def test_overlap_and_histogram():
+    ov = top_set_overlap(S, 2)  # top-2 sets: {0, 1}, {2, 1}, {2, 4}
+    np.testing.assert_allclose(ov, [[1, 0.5, 0], [0.5, 1, 0.5], [0, 0.5, 1]])
+    hist = vote_histogram(np.array([1, 2, 2, 0, 1, 0]), 3, np.array([2, 1, 0]))
+    assert hist == {"all": [2, 2, 2, 0], "selected": [0, 1, 2, 0]}
