@@ -300,3 +300,45 @@ def test_one_and_two_processes_give_identical_datastores_and_selection(tiny_llav
     pool = Datastore.open(next((tmp_path / "work2" / "features" / last).glob("pool-*")))
     assert pool.complete and pool.n_chunks == 6
     assert json.loads((tmp_path / "out1" / "selection.json").read_text())["budget"] == 6
+
+
+def test_warmup_inside_a_trainer_callback_selects_like_the_transform(tiny_llava_path, tmp_path):
+    """Regression: SFTTrainer replaces `model.forward` by an instance attribute closing over the model, so a plain
+    deepcopy of the live model ran the original's modules and the warm-up adapter got no gradient (all influences
+    were 0). The callback path must select exactly what the transform path selects."""
+    import mixwise
+    from mixwise.icons import ICONS
+    from mixwise.toy import make_source
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTConfig, SFTTrainer
+
+    pool = {f: make_source(f, 8, seed=3) for f in ("count", "colour", "ocr")}
+    targets = {f: make_source(f, 3, split="validation", seed=3) for f in ("count", "colour", "ocr")}
+    common = dict(run_warmup=True, warmup_preset="tiny", proj_dim=64, progress=False, plots=False)
+
+    _, reference = mixwise.select_mixture(
+        pool, ICONS(model_path=str(tiny_llava_path), work_dir=str(tmp_path / "t"), **common), budget=6, targets=targets
+    )
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava_path)
+    processor = AutoProcessor.from_pretrained(tiny_llava_path)
+    mixture = mixwise.Mixture(pool, budget=6)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        remove_unused_columns=False,
+        gradient_checkpointing=False,
+        max_length=None,
+        save_strategy="no",
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=mixture.dataset, processing_class=processor)
+    assert "forward" in model.__dict__  # the trainer's wrapper that made the plain deepcopy wrong
+    selector = ICONS(work_dir=str(tmp_path / "c"), **common)
+    mixwise.attach(trainer, mixture, selector=selector, targets=targets)
+    trainer.train()
+    assert np.abs(selector.result.influence.scores).max() > 0
+    assert mixture.plan.counts == reference.counts
+    assert {n: s.rows for n, s in mixture.plan.sources.items()} == {n: s.rows for n, s in reference.sources.items()}

@@ -14,7 +14,9 @@ def make_run(tmp_path, with_signals=True):
     plan = Plan.from_weights({"count": 2, "colour": 1, "ocr": 1}, sizes, 80, method="dataprophet", seed=1)
     if with_signals:
         plan.extra["metric"] = {s: {"t1": 0.5 + 0.1 * i, "t2": 0.4} for i, s in enumerate(sizes)}
-        plan.extra["votes"] = [0, 1, 1, 2, 3, 0, 1]
+        plan.extra["vote_histogram"] = {"all": [3, 10, 5, 2], "selected": [0, 1, 5, 2]}
+        plan.extra["tasks"] = ["t1", "t2"]
+        plan.extra["top_set_overlap"] = [[1.0, 0.25], [0.25, 1.0]]
     plan.save(tmp_path)
     history = [
         {"step": k, "loss": 5 - 0.1 * k, "probe_loss/count": 4 - 0.05 * k, "probe_loss/ocr": 4.5, "reward": 0.1 * k}
@@ -36,7 +38,7 @@ def test_report_has_every_section(tmp_path):
         "Reward per source",
     ):
         assert title in page
-    assert page.count('src="data:image/png;base64,') == 7
+    assert page.count('src="data:image/png;base64,') == 8
     assert "<td>count</td><td>0.5000</td><td>40</td>" in page
 
 
@@ -77,7 +79,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);"
         )
-        assert len(images) == 7
+        assert len(images) == 8
         for alt, complete, width, height in images:
             assert complete and width > 100 and height > 100, alt
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]

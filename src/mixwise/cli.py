@@ -135,9 +135,9 @@ def _run_select(cfg: SelectConfig) -> int:
     total = sum(len(s) for s in pool)
     budget = cfg.budget if cfg.budget is not None else max(1, round(cfg.ratio * total))
     mixture = Mixture(pool, budget=budget, seed=cfg.seed)
-    if cfg.method == "icons":
+    if cfg.method in ("icons", "cadc"):
         if not cfg.model or not cfg.targets:
-            raise SystemExit("mixwise select --method icons: --model and --targets are required")
+            raise SystemExit(f"mixwise select --method {cfg.method}: --model and --targets are required")
         targets = {}
         for path in cfg.targets:
             split = cfg.target_split
@@ -160,35 +160,62 @@ def _run_select(cfg: SelectConfig) -> int:
             }.items()
             if v is not None
         }
-        selector = ICONS(
-            ICONSConfig(
-                model_path=cfg.model,
-                work_dir=cfg.work_dir or os.path.join(cfg.out, "work"),
-                warmup=WarmupConfig.preset(cfg.warmup_preset, seed=cfg.seed, **overrides),
-                warmup_dir=cfg.warmup_dir,
-                checkpoints=cfg.checkpoints,
-                signal=cfg.signal,
-                pool_mode=cfg.pool_mode,
-                proj_dim=cfg.proj_dim,
-                projector=cfg.projector,
-                proj_seed=cfg.seed,
-                aggregator=cfg.aggregator,
-                p_vote=cfg.p_vote,
-                specialist_task=cfg.specialist_task,
-                subtask_column=cfg.subtask_column,
-                visual_dependency=cfg.visual_dependency,
-                batch_size=cfg.batch_size,
-                max_length=cfg.max_length,
-                chunk_size=cfg.chunk_size,
-                on_error=cfg.on_error,
+        preset = cfg.warmup_preset or ("less" if cfg.method == "cadc" else "icons")
+        if cfg.method == "cadc":
+            from .cadc import CADC, CADCConfig
+
+            selector = CADC(
+                CADCConfig(
+                    model_path=cfg.model,
+                    work_dir=cfg.work_dir or os.path.join(cfg.out, "work"),
+                    warmup=WarmupConfig.preset(preset, seed=cfg.seed, **overrides),
+                    warmup_dir=cfg.warmup_dir,
+                    pool_mode=cfg.pool_mode,
+                    proj_dim=cfg.proj_dim,
+                    projector=cfg.projector,
+                    proj_seed=cfg.seed,
+                    subtask_column=cfg.subtask_column,
+                    batch_size=cfg.batch_size,
+                    max_length=cfg.max_length,
+                    chunk_size=cfg.chunk_size,
+                    on_error=cfg.on_error,
+                    threshold=cfg.cadc_threshold,
+                    n_capabilities=cfg.n_capabilities,
+                    budget_split=cfg.budget_split,
+                    stage_order=cfg.stage_order,
+                    community_seed=cfg.seed,
+                )
             )
-        )
+        else:
+            selector = ICONS(
+                ICONSConfig(
+                    model_path=cfg.model,
+                    work_dir=cfg.work_dir or os.path.join(cfg.out, "work"),
+                    warmup=WarmupConfig.preset(preset, seed=cfg.seed, **overrides),
+                    warmup_dir=cfg.warmup_dir,
+                    checkpoints=cfg.checkpoints,
+                    signal=cfg.signal,
+                    pool_mode=cfg.pool_mode,
+                    proj_dim=cfg.proj_dim,
+                    projector=cfg.projector,
+                    proj_seed=cfg.seed,
+                    aggregator=cfg.aggregator,
+                    p_vote=cfg.p_vote,
+                    specialist_task=cfg.specialist_task,
+                    subtask_column=cfg.subtask_column,
+                    visual_dependency=cfg.visual_dependency,
+                    batch_size=cfg.batch_size,
+                    max_length=cfg.max_length,
+                    chunk_size=cfg.chunk_size,
+                    on_error=cfg.on_error,
+                )
+            )
         context = SelectionContext(mixture=mixture, seed=cfg.seed, targets=targets, model_id=cfg.model)
     elif cfg.method in SELECTORS and cfg.method not in ("fixed_weights", "dataprophet"):
         selector = SELECTORS[cfg.method]()
         context = SelectionContext(mixture=mixture, seed=cfg.seed)
     else:
-        raise SystemExit(f"mixwise select: unknown method {cfg.method!r} (icons, random, uniform)")
+        raise SystemExit(f"mixwise select: unknown method {cfg.method!r} (icons, cadc, random, uniform)")
     plan = selector.select(context)
     from .distributed import is_main_process
 
@@ -198,6 +225,10 @@ def _run_select(cfg: SelectConfig) -> int:
     written = [path]
     if cfg.method == "icons":
         written += selector.result.save(cfg.out)
+    if cfg.method == "cadc":
+        for k, stage in enumerate(plan.extra["stages"]):
+            members = ", ".join(plan.extra["capabilities"][stage["capability"]])
+            print(f"stage {k}\t{stage['capability']}\t{stage['rows']}\t{members}")
     for name, sp in plan.sources.items():
         print(f"{name}\t{sp.count}\t{sp.weight:.4f}")
     names = ", ".join(os.path.basename(p) for p in written)

@@ -194,7 +194,7 @@ class SelectConfig:
     """`mixwise select`: per-sample selection of the pool for the targets (ICONS: warm-up → gradient features →
     influence → vote), written as `selection.json` plus scores and plots."""
 
-    method: str = field(default="icons", metadata={"help": "Selector: icons (also: random)."})
+    method: str = field(default="icons", metadata={"help": "Selector: icons or cadc (also: random)."})
     model: str | None = field(default=None, metadata={"help": "Base model directory or hub id (icons)."})
     pool: list[str] | None = field(default=None, metadata={"help": "Pool source directories (save_to_disk)."})
     targets: list[str] | None = field(default=None, metadata={"help": "Target (validation set) directories."})
@@ -209,7 +209,12 @@ class SelectConfig:
         default=None, metadata={"help": "Split of DatasetDict targets (default: validation, else test)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed (warm-up rows, projection, plan)."})
-    warmup_preset: str = field(default="icons", metadata={"help": "Warm-up preset: icons, less, tiny, tiny-less."})
+    warmup_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Warm-up preset: icons, less, tiny, tiny-less (default: icons; cadc: less, for trajectories)."
+        },
+    )
     warmup_fraction: float | None = field(default=None, metadata={"help": "Share of the pool for the warm-up."})
     lora_r: int | None = field(default=None, metadata={"help": "Warm-up LoRA rank (overrides the preset)."})
     lora_alpha: int | None = field(default=None, metadata={"help": "Warm-up LoRA alpha (overrides the preset)."})
@@ -232,3 +237,7 @@ class SelectConfig:
     max_length: int | None = field(default=None, metadata={"help": "Truncate rows to this many tokens."})
     chunk_size: int = field(default=256, metadata={"help": "Rows per datastore chunk (unit of resumption)."})
     on_error: str = field(default="raise", metadata={"help": "raise, or skip bad rows (counted in the manifest)."})
+    cadc_threshold: float = field(default=0.0, metadata={"help": "cadc: trajectory-similarity edge threshold."})
+    n_capabilities: int | None = field(default=None, metadata={"help": "cadc: fix K (default: found by Louvain)."})
+    budget_split: str = field(default="equal", metadata={"help": "cadc: equal, proportional (or custom via API)."})
+    stage_order: str = field(default="fastest_drop", metadata={"help": "cadc: fastest_drop, slowest_drop or index."})

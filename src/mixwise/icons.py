@@ -45,7 +45,6 @@ influence and selection from the complete stores; 1 and 2 processes give byte-id
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -82,6 +81,7 @@ from .warmup import (
     WarmupResult,
     adapter_hash,
     attach_adapter,
+    detached_copy,
     load_adam_state,
     load_adapter_weights,
     load_base_model,
@@ -421,7 +421,7 @@ def _prepare_model(
             for c in ckpts
         ]
         if live:
-            base = copy.deepcopy(model)
+            base = detached_copy(model)
         else:
             if cfg.model_path is None:
                 raise ValueError("ICONS with a finished warm-up needs `model_path` (or a live model)")
@@ -445,7 +445,7 @@ def _prepare_model(
         name = "live-temporary-lora"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.proj_seed)
-            scored = get_peft_model(copy.deepcopy(model), lora_config(model, cfg.warmup_config()))
+            scored = get_peft_model(detached_copy(model), lora_config(model, cfg.warmup_config()))
     return _Adapters(scored, processing_class, [{"name": name, "path": None, "weight": 1.0}])
 
 

@@ -4,8 +4,9 @@ It reads what a run leaves behind — `selection.json`, the method's signal file
 `trainer_state.json` (its `log_history`) — and draws:
 
 * the allocation: weight and planned rows per source;
-* the method's own view: the DataProphet metric heatmap (sources × targets) or the ICONS vote histogram and the
-  per-task overlap of top sets, when the manifest or the run directory holds them;
+* the method's own view: the DataProphet metric heatmap (sources × targets), the ICONS vote histogram and the
+  per-task overlap of top sets, or the CADC capability map (subtask × capability) and stage sizes, when the
+  manifest or the run directory holds them;
 * training curves: the loss, per-source / per-target probe losses (`probe_loss/<name>`) and, for GRPO, the
   reward and its per-source means (`rewards_by_source/<source>/<reward>`).
 
@@ -97,15 +98,18 @@ def heatmap_chart(matrix: dict[str, dict[str, float]], title: str) -> str:
     return _figure_to_data_uri(fig)
 
 
-def histogram_chart(values: list[float], title: str, xlabel: str) -> str:
+def vote_histogram_chart(histogram: dict[str, list[int]]) -> str:
+    """Bars of how many pool samples got k votes (`all`), with the selected ones (`selected`) on top."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3))
-    lo, hi = min(values), max(values)
-    bins = [x - 0.5 for x in range(int(lo), int(hi) + 2)] if all(float(v).is_integer() for v in values) else 20
-    ax.hist(values, bins=bins, color="#55A868")
-    ax.set_xlabel(xlabel)
+    ks = list(range(len(histogram["all"])))
+    ax.bar(ks, histogram["all"], color="#BBBBBB", label="pool")
+    if histogram.get("selected"):
+        ax.bar(ks, histogram["selected"], color="#55A868", label="selected")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("votes (tasks whose top set holds the sample)")
     ax.set_ylabel("samples")
-    ax.set_title(title)
+    ax.set_title("ICONS votes")
     return _figure_to_data_uri(fig)
 
 
@@ -153,14 +157,13 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     metric = extra.get("metric") or extra.get("M")
     if isinstance(metric, dict) and metric:
         sections.append(("DataProphet metric M(s→t)", heatmap_chart(metric, "M(source → target)")))
-    votes = extra.get("votes")
-    if votes is None and (run_dir / "votes.json").exists():
-        votes = json.loads((run_dir / "votes.json").read_text())
-    if votes:
-        sections.append(("ICONS votes", histogram_chart(list(votes), "votes per pool sample", "votes")))
-    overlap = extra.get("task_overlap")
-    if isinstance(overlap, dict) and overlap:
-        sections.append(("Overlap of per-task top sets", heatmap_chart(overlap, "Jaccard overlap of top sets")))
+    histogram = extra.get("vote_histogram")
+    if isinstance(histogram, dict) and histogram.get("all"):
+        sections.append(("ICONS votes", vote_histogram_chart(histogram)))
+    overlap, tasks = extra.get("top_set_overlap"), extra.get("tasks")
+    if overlap and tasks and len(tasks) > 1:
+        matrix = {a: {b: overlap[i][j] for j, b in enumerate(tasks)} for i, a in enumerate(tasks)}
+        sections.append(("Overlap of per-task top sets", heatmap_chart(matrix, "overlap of per-task top sets")))
 
     history = find_log_history(run_dir)
     loss = _series(history, lambda k: "train loss" if k == "loss" else None)

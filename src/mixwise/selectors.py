@@ -161,3 +161,18 @@ class _LazyICONS:
 
 
 SELECTORS["icons"] = _LazyICONS
+
+
+class _LazyCADC:
+    """Registry entry for `mixwise.cadc.CADC`, imported on first use (it needs torch, transformers, peft, networkx
+    and scikit-learn, and imports this module): calling it returns a `CADC` selector."""
+
+    name = "cadc"
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        from .cadc import CADC
+
+        return CADC(*args, **kwargs)
+
+
+SELECTORS["cadc"] = _LazyCADC

@@ -284,6 +284,19 @@ def load_base_model(path: str, dtype: torch.dtype | None = None) -> tuple[torch.
     return model, processing
 
 
+def detached_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of a live model that runs its *own* modules.
+
+    Trainers may replace `model.forward` by an instance attribute (a wrapper closing over the original model);
+    `copy.deepcopy` copies that closure, so the copy would silently run the original's modules — an adapter
+    injected into the copy would then get no gradient. The instance-level `forward` is dropped from the copy,
+    which restores the class's `forward`.
+    """
+    clone = copy.deepcopy(model)
+    clone.__dict__.pop("forward", None)
+    return clone
+
+
 def run_warmup(
     model: torch.nn.Module | str,
     processing_class: Any,
@@ -322,7 +335,7 @@ def run_warmup(
     else:
         if hasattr(model, "peft_config"):
             raise ValueError("the warm-up trains a new LoRA adapter; pass the base model, not a peft model")
-        model = copy.deepcopy(model)
+        model = detached_copy(model)
     if processing_class is None:
         raise ValueError("run_warmup needs the model's processor or tokenizer")
     from .callback import model_id_of
