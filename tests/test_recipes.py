@@ -102,3 +102,26 @@ def test_uniform_and_selected_runs_consume_what_their_plans_say(tmp_path):
     )
     assert uniform["consumed"] == {n: 4 for n in weights}
     assert fixed["consumed"] == {"count": 14, "shape": 14}
+
+
+def test_sft_icons_recipe_selects_then_trains(tmp_path):
+    out = tmp_path / "icons"
+    kwargs = {"run_warmup": True, "warmup_preset": "tiny", "proj_dim": 64, "work_dir": str(out / "icons")}
+    result = launch(
+        "sft.py",
+        "sft_icons.yaml",
+        out,
+        "--toy_families",
+        "count",
+        "colour",
+        "ocr",
+        "--selector_kwargs",
+        json.dumps(kwargs),
+        nproc=1,
+    )
+    plan = Plan.load(out)
+    assert plan.method == "icons" and plan.budget == round(0.2 * 24)
+    assert all(s.rows is not None for s in plan.sources.values())  # a per-sample plan
+    assert result["consumed"] == {n: c for n, c in plan.counts.items() if c}
+    page = (out / "report.html").read_text()
+    assert "ICONS votes" in page and "Overlap of per-task top sets" in page
