@@ -34,7 +34,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -223,10 +223,22 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--no-allocation", action="store_true", help="skip the allocation (sharpening) experiment")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override sizes, e.g. pretrain_rows=600"
+    )
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     size = SMALL if a.small else DEFAULT
+    if a.set:
+        types = {f: type(v) for f, v in asdict(size).items()}
+        overrides = {}
+        for item in a.set:
+            key, _, value = item.partition("=")
+            if key not in types:
+                p.error(f"unknown size field {key!r}; fields: {sorted(types)}")
+            overrides[key] = types[key](value)
+        size = replace(size, **overrides)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -354,7 +366,7 @@ def main(argv=None) -> dict:
     timings["total"] = time.time() - t_all
 
     summary = {
-        "configuration": "small" if a.small else "default",
+        "configuration": ("small" if a.small else "default") + (f" with {' '.join(a.set)}" if a.set else ""),
         "size": asdict(size),
         "seed": a.seed,
         "params": n_params,

@@ -144,6 +144,20 @@ def _prefixed(prefix: str):
     return lambda key: key[len(prefix) :] if key.startswith(prefix) else None
 
 
+def _stage_table(plan: Plan) -> str:
+    """The staged plan as a table: one row per stage (in training order), rows per source."""
+    if not plan.stages:
+        return ""
+    names = list(plan.sources)
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = ""
+    for k, stage in enumerate(plan.stages):
+        label = html.escape(str(stage.extra.get("capability", k)))
+        cells = "".join(f"<td>{stage.sources[n].count}</td>" for n in names)
+        body += f"<tr><td>{k + 1}: {label}</td><td>{stage.budget}</td>{cells}</tr>"
+    return f"<h2>CADC stages</h2><table><tr><th>stage</th><th>rows</th>{head}</tr>{body}</table>"
+
+
 def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write `RUN_DIR/report.html` (or `out`) and return its path."""
     run_dir = Path(run_dir)
@@ -164,6 +178,11 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if overlap and tasks and len(tasks) > 1:
         matrix = {a: {b: overlap[i][j] for j, b in enumerate(tasks)} for i, a in enumerate(tasks)}
         sections.append(("Overlap of per-task top sets", heatmap_chart(matrix, "overlap of per-task top sets")))
+
+    capability_map = extra.get("capability_map")
+    if isinstance(capability_map, dict) and capability_map:
+        sections.append(("CADC capability map", heatmap_chart(capability_map, "subtask → capability")))
+    stage_table = _stage_table(plan)
 
     history = find_log_history(run_dir)
     loss = _series(history, lambda k: "train loss" if k == "loss" else None)
@@ -202,6 +221,7 @@ td:first-child{{text-align:left}}img{{max-width:100%}}</style></head>
 <table><tr><th>source</th><th>weight</th><th>rows</th><th>size</th><th>repeats</th></tr>{rows}</table>
 {f"<h2>Skipped rows</h2><ul>{skipped}</ul>" if skipped else ""}
 {figures}
+{stage_table}
 <h2>Configuration</h2><pre>{html.escape(json.dumps(plan.config, indent=2, default=str))}</pre>
 </body></html>
 """
