@@ -306,11 +306,12 @@ def test_warmup_inside_a_trainer_callback_selects_like_the_transform(tiny_llava_
     """Regression: SFTTrainer replaces `model.forward` by an instance attribute closing over the model, so a plain
     deepcopy of the live model ran the original's modules and the warm-up adapter got no gradient (all influences
     were 0). The callback path must select exactly what the transform path selects."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTConfig, SFTTrainer
+
     import mixwise
     from mixwise.icons import ICONS
     from mixwise.toy import make_source
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import SFTConfig, SFTTrainer
 
     pool = {f: make_source(f, 8, seed=3) for f in ("count", "colour", "ocr")}
     targets = {f: make_source(f, 3, split="validation", seed=3) for f in ("count", "colour", "ocr")}
