@@ -125,3 +125,17 @@ def test_sft_icons_recipe_selects_then_trains(tmp_path):
     assert result["consumed"] == {n: c for n, c in plan.counts.items() if c}
     page = (out / "report.html").read_text()
     assert "ICONS votes" in page and "Overlap of per-task top sets" in page
+
+
+@pytest.mark.parametrize(
+    "script, config, nproc", [("sft.py", "sft_dataprophet.yaml", 1), ("grpo.py", "grpo_dataprophet.yaml", 2)]
+)
+def test_dataprophet_recipes(tmp_path, script, config, nproc):
+    out = tmp_path / "dp"
+    # 16 rows per source: the diversity term's k-means (K=10) needs more rows than clusters
+    result = launch(script, config, out, "--toy_n_train", "16", "--toy_n_target", "12", nproc=nproc)
+    plan = Plan.load(out)
+    assert plan.method == "dataprophet" and "metric" in plan.extra
+    repeats = 4 if script == "grpo.py" else 1  # GRPO collates each prompt num_generations times
+    assert result["consumed"] == {n: repeats * c for n, c in plan.counts.items() if c}
+    assert "DataProphet metric" in (out / "report.html").read_text()
