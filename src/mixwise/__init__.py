@@ -39,6 +39,10 @@ _LAZY = {
     "apply_plan": "transforms",
     "select_mixture": "transforms",
     "transform_fingerprint": "transforms",
+    "DataProphet": "dataprophet",
+    "DataProphetInstances": "dataprophet",
+    "ICONS": "icons",
+    "CADC": "cadc",
 }
 
 __all__ = sorted(_LAZY)
@@ -57,7 +61,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .cadc import CADC
     from .callback import SelectionCallback
+    from .dataprophet import DataProphet, DataProphetInstances
+    from .icons import ICONS
     from .mixture import Mixture
     from .plan import Plan, SourcePlan, allocate
     from .sampler import MixtureSampler, RepeatMixtureSampler
