@@ -277,3 +277,32 @@ def test_staged_plan_two_processes(tiny_llava_path, tmp_path):
     stream, stage_rows = expected_stream(tmp_path)
     assert got == stream
     check_stage_order(got, stage_rows)
+
+
+def test_cli_select_cadc_writes_a_staged_plan(tiny_llava_path, tmp_path):
+    import datasets
+
+    from mixwise.cli import main
+    from mixwise.plan import Plan
+
+    paths = []
+    for family in ("count", "ocr"):
+        path = tmp_path / "toy" / family
+        make_source(family, 8, seed=1).save_to_disk(str(path))
+        paths.append(str(path))
+    targets = []
+    for family in ("count", "ocr"):
+        path = tmp_path / "toy" / f"{family}-val"
+        datasets.DatasetDict(validation=make_source(family, 3, split="validation", seed=2)).save_to_disk(str(path))
+        targets.append(str(path))
+    out = tmp_path / "out"
+    code = main(
+        ["select", "--method", "cadc", "--model", str(tiny_llava_path), "--pool", *paths, "--targets", *targets,
+         "--ratio", "0.5", "--out", str(out), "--warmup_preset", "tiny-less", "--proj_dim", "32",
+         "--n_capabilities", "2"]
+    )  # fmt: skip
+    assert code == 0
+    plan = Plan.load(out)
+    assert plan.method == "cadc" and plan.budget == 8 and len(plan.stages) >= 1
+    assert sum(st.budget for st in plan.stages) == 8
+    assert plan.extra["capability_map"] and plan.extra["stages"]
