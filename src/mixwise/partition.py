@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from .plan import allocate
 from .sources import DataError, as_pil, extract_fields
+from .toy import COLOURS, SHAPES
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -73,17 +74,8 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 # Concepts of the fixed encoder: the toy world's palette and shapes (see `mixwise.toy`).
-_PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "orange": (245, 135, 0),
-    "yellow": (240, 215, 0),
-    "green": (30, 160, 50),
-    "blue": (30, 70, 225),
-    "purple": (135, 45, 185),
-    "pink": (255, 110, 190),
-    "black": (20, 20, 20),
-}
-_SHAPES = ("circle", "square", "triangle", "diamond")
+_PALETTE: dict[str, tuple[int, int, int]] = COLOURS
+_SHAPES = SHAPES
 _SYNONYMS: dict[str, str] = {
     "crimson": "red",
     "scarlet": "red",
