@@ -43,7 +43,6 @@ epoch) there is no trajectory: CADC falls back to single-checkpoint features wit
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -497,11 +496,7 @@ def collect_features(
     """Fill (or reuse) ICONS-layout datastores for every warm-up checkpoint and return the subtask means."""
     from . import distributed
     from .callback import model_id_of
-    from .datastore import fill_store, shared_store
-    from .gradients import FeaturizerConfig, GradientFeaturizer
-    from .icons import _as_targets, _init_distributed, _prepare_model, _revision, _row_getter, _short
-    from .projection import ProjectorSpec
-    from .warmup import adapter_hash, load_adam_state, load_adapter_weights
+    from .icons import _as_targets, _init_distributed, _prepare_model, featurize_checkpoints
 
     icfg = cfg.icons_config()
     _init_distributed()
@@ -517,57 +512,14 @@ def collect_features(
         )
     model_id = model_id or cfg.model_path or model_id_of(model)
     adapters = _prepare_model(icfg, mixture, model, processing_class, model_id, work_dir)
-    peft_model, processing_class = adapters.model, adapters.processing_class
-    if processing_class is None:
+    if adapters.processing_class is None:
         raise ValueError("CADC needs the model's processor or tokenizer (`processing_class`)")
-    revision = _revision(peft_model)
-    projector = None
     means, stores, info, names = [], [], [], None
     skipped: list[dict[str, Any]] = []
-    common = dict(
-        batch_size=cfg.batch_size,
-        max_length=cfg.max_length,
-        max_buffer_bytes=cfg.max_buffer_bytes,
-        cache_bytes=cfg.cache_bytes,
-        on_error=cfg.on_error,
-    )
-    spec = ProjectorSpec(kind=cfg.projector, dim=cfg.proj_dim, seed=cfg.proj_seed)
-    for c, ckpt in enumerate(adapters.checkpoints):
-        if c > 0:
-            load_adapter_weights(peft_model, ckpt["path"])
-        adam = load_adam_state(ckpt["path"], peft_model) if cfg.pool_mode == "adam" else None
-        pool_feat = GradientFeaturizer(
-            peft_model,
-            processing_class,
-            FeaturizerConfig(mode=cfg.pool_mode, **common),
-            projector=spec,
-            adam=adam,
-            projector_instance=projector,
-        )
-        projector = pool_feat.projector
-        target_feat = GradientFeaturizer(
-            peft_model,
-            processing_class,
-            FeaturizerConfig(mode=cfg.target_mode, **common),
-            projector=spec,
-            projector_instance=projector,
-        )
-        ahash = adapter_hash(peft_model, pool_feat.param_names)
-        base = {"model": model_id, "model_revision": revision, "adapter": ahash, "checkpoint": ckpt["name"]}
-        info.append({"name": ckpt["name"], "weight": ckpt["weight"], "adapter": ahash})
-        features_dir = os.path.join(work_dir, "features", ckpt["name"])
+    for step in featurize_checkpoints(icfg, mixture, sources, adapters, model_id, work_dir, "CADC"):
+        info.append(step.info)
         ck_names, ck_means = [], []
-        for t in sources:
-            identity = {**base, "features": target_feat.identity(), "dataset": t.dataset._fingerprint}
-            tpath = os.path.join(features_dir, f"target-{t.name}-{_short(identity)}")
-            tstore = shared_store(tpath, len(t.dataset), target_feat.feature_dim, identity, chunk_size=cfg.chunk_size)
-            fill_store(
-                tstore,
-                _row_getter(t.dataset, lambda i, n=t.name: (n, i)),
-                target_feat,
-                desc=f"CADC target features [{t.name}]",
-                progress=cfg.progress,
-            )
+        for t, tstore in step.targets:
             feats, norms = tstore.load()
             labels = t.dataset[t.subtask_column] if t.subtask_column else None
             subs, m = subtask_means(feats, norms, labels, t.name, expected.get(t.name))
@@ -575,19 +527,9 @@ def collect_features(
             ck_means.append(m)
         names = ck_names
         means.append(np.concatenate(ck_means))
-        identity = {**base, "features": pool_feat.identity(), "dataset": mixture.dataset._fingerprint}
-        path = os.path.join(features_dir, f"pool-{_short(identity)}")
-        store = shared_store(path, mixture.total_size, pool_feat.feature_dim, identity, chunk_size=cfg.chunk_size)
-        fill_store(
-            store,
-            _row_getter(mixture.dataset, mixture.locate),
-            pool_feat,
-            desc=f"CADC pool features [{ckpt['name']}]",
-            progress=cfg.progress,
-        )
-        if c == 0:
-            skipped = store.skipped()
-        stores.append(store)
+        if step.index == 0:
+            skipped = step.pool.skipped()
+        stores.append(step.pool)
     return TrajectoryFeatures(names, means, stores, info, skipped, work_dir)
 
 

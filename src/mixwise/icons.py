@@ -49,7 +49,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -57,7 +57,7 @@ import datasets
 import numpy as np
 import torch
 
-from .datastore import fill_store, shared_store
+from .datastore import Datastore, fill_store, shared_store
 from .gradients import GRADIENT_MODES, FeaturizerConfig, GradientFeaturizer, HiddenStateFeaturizer
 from .influence import (
     AGGREGATORS,
@@ -464,6 +464,99 @@ def _init_distributed() -> None:
         )
 
 
+@dataclass
+class CheckpointStores:
+    """The filled datastores of one warm-up checkpoint: every target's and the pool's."""
+
+    index: int
+    info: dict[str, Any]  # {"name", "weight", "adapter"}
+    targets: list[tuple[Source, Datastore]]
+    pool: Datastore
+
+
+def featurize_checkpoints(
+    cfg: ICONSConfig,
+    mixture: Mixture,
+    target_sources: list[Source],
+    adapters: _Adapters,
+    model_id: str | None,
+    work_dir: str,
+    label: str,
+    on_chunk: Any = None,
+) -> Iterator[CheckpointStores]:
+    """Fill (or reuse) the target and pool datastores of every checkpoint, one checkpoint at a time.
+
+    Shared by ICONS and CADC: a store's path and identity depend only on the model, adapter, checkpoint,
+    featurizer and dataset, so either method reuses the other's stores. One projector (and block cache) serves
+    every checkpoint, the pool and the targets.
+    """
+    peft_model, processing_class = adapters.model, adapters.processing_class
+    revision = _revision(peft_model)
+    common = dict(
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        max_buffer_bytes=cfg.max_buffer_bytes,
+        cache_bytes=cfg.cache_bytes,
+        on_error=cfg.on_error,
+    )
+    spec = ProjectorSpec(kind=cfg.projector, dim=cfg.proj_dim, seed=cfg.proj_seed)
+    shared_projector = None
+    for c, ckpt in enumerate(adapters.checkpoints):
+        if c > 0:
+            load_adapter_weights(peft_model, ckpt["path"])
+        if cfg.signal == "rds":
+            pool_feat = HiddenStateFeaturizer(peft_model, processing_class, FeaturizerConfig(**common))
+            target_feat = pool_feat
+            ahash = None
+        else:
+            adam = load_adam_state(ckpt["path"], peft_model) if cfg.pool_mode == "adam" else None
+            pool_feat = GradientFeaturizer(
+                peft_model,
+                processing_class,
+                FeaturizerConfig(mode=cfg.pool_mode, visual_dependency=cfg.visual_dependency, **common),
+                projector=spec,
+                adam=adam,
+                projector_instance=shared_projector,
+            )
+            shared_projector = pool_feat.projector
+            target_feat = GradientFeaturizer(
+                peft_model,
+                processing_class,
+                FeaturizerConfig(mode=cfg.target_mode, **common),
+                projector=spec,
+                projector_instance=shared_projector,
+            )
+            ahash = adapter_hash(peft_model, pool_feat.param_names)
+        base_identity = {"model": model_id, "model_revision": revision, "adapter": ahash, "checkpoint": ckpt["name"]}
+        features_dir = os.path.join(work_dir, "features", ckpt["name"])
+        target_stores = []
+        for t in target_sources:
+            identity = {**base_identity, "features": target_feat.identity(), "dataset": t.dataset._fingerprint}
+            tpath = os.path.join(features_dir, f"target-{t.name}-{_short(identity)}")
+            tstore = shared_store(tpath, len(t.dataset), target_feat.feature_dim, identity, chunk_size=cfg.chunk_size)
+            fill_store(
+                tstore,
+                _row_getter(t.dataset, lambda i, n=t.name: (n, i)),
+                target_feat,
+                desc=f"{label} target features [{t.name}]",
+                progress=cfg.progress,
+            )
+            target_stores.append((t, tstore))
+        identity = {**base_identity, "features": pool_feat.identity(), "dataset": mixture.dataset._fingerprint}
+        path = os.path.join(features_dir, f"pool-{_short(identity)}")
+        store = shared_store(path, mixture.total_size, pool_feat.feature_dim, identity, chunk_size=cfg.chunk_size)
+        fill_store(
+            store,
+            _row_getter(mixture.dataset, mixture.locate),
+            pool_feat,
+            on_chunk=on_chunk,
+            desc=f"{label} pool features [{ckpt['name']}]",
+            progress=cfg.progress,
+        )
+        info = {"name": ckpt["name"], "weight": ckpt["weight"], "adapter": ahash}
+        yield CheckpointStores(c, info, target_stores, store)
+
+
 def run_icons(
     mixture: Mixture,
     targets: Mapping[str, Any] | Sequence[Source],
@@ -498,71 +591,23 @@ def run_icons(
         )
     model_id = model_id or cfg.model_path or model_id_of(model)
     adapters = _prepare_model(cfg, mixture, model, processing_class, model_id, work_dir)
-    peft_model, processing_class = adapters.model, adapters.processing_class
-    if processing_class is None:
+    if adapters.processing_class is None:
         raise ValueError("ICONS needs the model's processor or tokenizer (`processing_class`)")
-    revision = _revision(peft_model)
-    pool_name = lambda i: mixture.locate(i)  # noqa: E731
     per_checkpoint: list[dict[str, np.ndarray]] = []
     subtasks: dict[str, list[str]] = {}
     skipped: list[dict[str, Any]] = []
     checkpoints_info = []
 
-    shared_projector = None  # one projector (and block cache) for every checkpoint, pool and targets
     target_skipped: list[dict[str, Any]] = []
-    for c, ckpt in enumerate(adapters.checkpoints):
-        if c > 0:
-            load_adapter_weights(peft_model, ckpt["path"])
-        common = dict(
-            batch_size=cfg.batch_size,
-            max_length=cfg.max_length,
-            max_buffer_bytes=cfg.max_buffer_bytes,
-            cache_bytes=cfg.cache_bytes,
-            on_error=cfg.on_error,
-        )
-        spec = ProjectorSpec(kind=cfg.projector, dim=cfg.proj_dim, seed=cfg.proj_seed)
-        if cfg.signal == "rds":
-            pool_feat = HiddenStateFeaturizer(peft_model, processing_class, FeaturizerConfig(**common))
-            target_feat = pool_feat
-            ahash = None
-        else:
-            adam = load_adam_state(ckpt["path"], peft_model) if cfg.pool_mode == "adam" else None
-            pool_feat = GradientFeaturizer(
-                peft_model,
-                processing_class,
-                FeaturizerConfig(mode=cfg.pool_mode, visual_dependency=cfg.visual_dependency, **common),
-                projector=spec,
-                adam=adam,
-                projector_instance=shared_projector,
-            )
-            shared_projector = pool_feat.projector
-            target_feat = GradientFeaturizer(
-                peft_model,
-                processing_class,
-                FeaturizerConfig(mode=cfg.target_mode, **common),
-                projector=spec,
-                projector_instance=shared_projector,
-            )
-            ahash = adapter_hash(peft_model, pool_feat.param_names)
-        base_identity = {"model": model_id, "model_revision": revision, "adapter": ahash, "checkpoint": ckpt["name"]}
-        checkpoints_info.append({"name": ckpt["name"], "weight": ckpt["weight"], "adapter": ahash})
-        features_dir = os.path.join(work_dir, "features", ckpt["name"])
-
+    for step in featurize_checkpoints(
+        cfg, mixture, target_sources, adapters, model_id, work_dir, "ICONS", on_chunk=on_chunk
+    ):
+        checkpoints_info.append(step.info)
         # validation rows -> one mean unit vector per task (or subtask)
         columns: list[tuple[str, int]] = []  # (task, number of subtask columns)
         all_means = []
-        for t in target_sources:
-            identity = {**base_identity, "features": target_feat.identity(), "dataset": t.dataset._fingerprint}
-            tpath = os.path.join(features_dir, f"target-{t.name}-{_short(identity)}")
-            tstore = shared_store(tpath, len(t.dataset), target_feat.feature_dim, identity, chunk_size=cfg.chunk_size)
-            fill_store(
-                tstore,
-                _row_getter(t.dataset, lambda i, n=t.name: (n, i)),
-                target_feat,
-                desc=f"ICONS target features [{t.name}]",
-                progress=cfg.progress,
-            )
-            if c == 0:
+        for t, tstore in step.targets:
+            if step.index == 0:
                 target_skipped += [{**row, "target": t.name} for row in tstore.skipped()]
             feats, norms = tstore.load()
             labels = t.dataset[t.subtask_column] if t.subtask_column else None
@@ -571,22 +616,10 @@ def run_icons(
                 subtasks[t.name] = sub_names
             columns.append((t.name, len(sub_names)))
             all_means.append(means)
-
-        # pool rows -> features, then one streamed pass for every task column at once
-        identity = {**base_identity, "features": pool_feat.identity(), "dataset": mixture.dataset._fingerprint}
-        path = os.path.join(features_dir, f"pool-{_short(identity)}")
-        store = shared_store(path, mixture.total_size, pool_feat.feature_dim, identity, chunk_size=cfg.chunk_size)
-        fill_store(
-            store,
-            _row_getter(mixture.dataset, pool_name),
-            pool_feat,
-            on_chunk=on_chunk,
-            desc=f"ICONS pool features [{ckpt['name']}]",
-            progress=cfg.progress,
-        )
-        if c == 0:
-            skipped = store.skipped()
-        streamed = stream_scores(store, np.concatenate(all_means))
+        if step.index == 0:
+            skipped = step.pool.skipped()
+        # one streamed pass over the pool store for every task column at once
+        streamed = stream_scores(step.pool, np.concatenate(all_means))
         scores: dict[str, np.ndarray] = {}
         start = 0
         for name, width in columns:
