@@ -61,3 +61,13 @@ def broadcast(obj: T) -> T:
 def _check_len(results: Sequence[Any], items: Sequence[Any]) -> None:
     if len(results) != len(items):
         raise ValueError(f"the mapped function returned {len(results)} results for {len(items)} items")
+
+
+def shutdown() -> None:
+    """Wait for every rank, then tear the process group down, so that no rank exits while a gloo/NCCL thread
+    is still running (which aborts it with "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -27,6 +27,8 @@ from typing import Any
 
 import datasets
 
+from .distributed import shutdown
+
 TOY = "toy"
 
 
@@ -273,11 +275,15 @@ def main_sft(argv=None) -> dict[str, Any]:
     from trl import SFTConfig
 
     args, training_args = parse(SFTConfig, argv)
-    return run_sft(args, training_args)
+    result = run_sft(args, training_args)
+    shutdown()
+    return result
 
 
 def main_grpo(argv=None) -> dict[str, Any]:
     from trl import GRPOConfig
 
     args, training_args = parse(GRPOConfig, argv)
-    return run_grpo(args, training_args)
+    result = run_grpo(args, training_args)
+    shutdown()
+    return result

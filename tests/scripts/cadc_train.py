@@ -12,11 +12,10 @@ import json
 import os
 
 import numpy as np
-import torch
 
 from mixwise import Mixture, attach
 from mixwise.cadc import curate, staged_plan
-from mixwise.distributed import state
+from mixwise.distributed import shutdown, state
 from mixwise.toy import make_source
 
 FAMILIES = ("count", "colour", "spatial", "ocr")
@@ -93,8 +92,7 @@ def main():
     rank = state().process_index
     with open(os.path.join(a.out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"consumed": consumed, "world": state().num_processes, "global_step": trainer.state.global_step}, f)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    shutdown()
 
 
 if __name__ == "__main__":

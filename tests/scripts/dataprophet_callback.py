@@ -12,11 +12,9 @@ import json
 import os
 import sys
 
-import torch
-
 from mixwise import Mixture, attach
 from mixwise.dataprophet import DataProphet
-from mixwise.distributed import state
+from mixwise.distributed import shutdown, state
 from mixwise.toy import make_source
 
 FAMILIES = ("count", "colour", "ocr")
@@ -70,8 +68,7 @@ def main():
             },
             f,
         )
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ import json
 import os
 import sys
 
-import torch
-
 from mixwise import Mixture, select_mixture
-from mixwise.distributed import state
+from mixwise.distributed import shutdown, state
 from mixwise.icons import ICONS
 from mixwise.toy import make_source
 
@@ -47,8 +45,7 @@ def main():
             json.dump({"order": r.selection.order.tolist(), "votes": r.votes.tolist(),
                        "scores": r.influence.scores.tolist()}, f)  # fmt: skip
     assert len(Mixture(pool, budget=6).dataset) == sum(POOL.values())
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 import json
 import sys
 
-import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
@@ -11,6 +10,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 from helpers import text_sources  # noqa: E402
 
 from mixwise import Mixture, MixtureSampler, Plan  # noqa: E402
+from mixwise.distributed import shutdown  # noqa: E402
 
 out_dir = sys.argv[1]
 accelerator = Accelerator(cpu=True)
@@ -24,4 +24,4 @@ for epoch in range(2):
     received[epoch] = [int(i) for batch in loader for i in batch.tolist()]
 with open(f"{out_dir}/rank{accelerator.process_index}.json", "w") as f:
     json.dump({"received": received, "world": accelerator.num_processes}, f)
-torch.distributed.barrier()
+shutdown()

@@ -12,10 +12,8 @@ import argparse
 import json
 import os
 
-import torch
-
 from mixwise import FixedWeights, Mixture, attach
-from mixwise.distributed import map_across_ranks, state
+from mixwise.distributed import map_across_ranks, shutdown, state
 from mixwise.toy import make_source
 
 WEIGHTS = {"count": 3.0, "colour": 1.0, "spatial": 0.0, "ocr": 0.0}
@@ -173,8 +171,7 @@ def main():
             },
             f,
         )
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    shutdown()
 
 
 if __name__ == "__main__":
