@@ -25,10 +25,10 @@ from mixwise.dataprophet import (
     select_instances,
     sharpen_scores,
 )
-from mixwise.embeddings import field_similarity
-from mixwise.perplexity import dataset_perplexity
+from mixwise.embeddings import FieldEmbedder, field_similarity
+from mixwise.perplexity import dataset_perplexity, sample_nll
 from mixwise.plan import Plan
-from mixwise.sources import DataError
+from mixwise.sources import DataError, extract_fields
 from mixwise.tau import Matrix
 from mixwise.toy import corrupt_rows, make_source
 
@@ -119,6 +119,28 @@ def test_scored_terms_agree_with_their_definitions(scored):
     # the subsample is seeded: the same rows every time, a subset of the pool
     rows = entries[("source", "count", "nll")]["rows"]
     assert len(rows) == 16 and np.all(np.diff(rows) > 0) and rows.max() < 24
+
+
+def test_one_pass_per_row_gives_each_signal_as_computed_alone(scored, tiny_llava):
+    """Scoring reads each row once: one forward gives NLL and image vector, one text pass gives Q and A. The
+    values equal each module run on its own."""
+    dp, _ = scored
+    model, processor = tiny_llava
+    entries = {(m["role"], m["dataset"], m["kind"]): a for m, a in _entries(dp)}
+    embedder = FieldEmbedder(model, processor)
+    for role, name in [("source", "count"), ("target", "ocr")]:
+        ds = (pool() if role == "source" else targets())[name]
+        rows = entries[(role, name, "nll")]["rows"]
+        assert np.array_equal(rows, entries[(role, name, "image")]["rows"])
+        picked = [ds[int(r)] for r in rows]
+        np.testing.assert_allclose(
+            entries[(role, name, "nll")]["nll"], sample_nll(model, processor, picked), rtol=0, atol=1e-5
+        )
+        images = embedder.embed_images([row["images"] for row in picked])
+        np.testing.assert_allclose(entries[(role, name, "image")]["i"], images, rtol=0, atol=1e-5)
+        fields = [extract_fields(row) for row in picked]
+        q = embedder.embed_texts([f.question for f in fields])
+        np.testing.assert_allclose(entries[(role, name, "text")]["q"], q, rtol=0, atol=1e-5)
 
 
 def _entries(dp):

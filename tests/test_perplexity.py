@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mixwise.perplexity import PerplexityConfig, dataset_perplexity, sample_nll
+from mixwise.embeddings import EmbeddingConfig, FieldEmbedder
+from mixwise.encoding import encode_rows, per_sample_nll
+from mixwise.perplexity import PerplexityConfig, dataset_perplexity, forward_nll, sample_nll
 from mixwise.sources import DataError
 from mixwise.toy import make_source
 
@@ -78,3 +80,63 @@ def test_errors_name_source_row_and_field(tiny_llama):
     long = [text_row("q", "a"), text_row("q " * 50, "a")]
     with pytest.raises(DataError, match=r"source 'pool', row 8, field 'messages'.*exceed max_length=20"):
         sample_nll(model, tok, long, PerplexityConfig(max_length=20), source="pool", row_ids=[7, 8])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The scoring forward: answer logits only, and the image pathway shared with the image signal
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _lm_head_rows(model):
+    """Record how many rows the LM head projects in each call."""
+    rows = []
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda m, args, out: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0])
+    )
+    return rows, handle
+
+
+@pytest.mark.parametrize("name", ["tiny_llava", "tiny_qwen2_vl", "tiny_llama"])
+def test_forward_nll_projects_answer_positions_only_with_full_logit_values(name, request):
+    model, processing_class = request.getfixturevalue(name)
+    if name == "tiny_llama":
+        rows = [text_row("How many shapes?", "3"), text_row("Which bar is the tallest?", "the red one")]
+    else:
+        rows = list(make_source("count", 2, seed=3)) + list(make_source("chart", 2, seed=3))
+    batch = encode_rows(rows, processing_class)
+    with torch.no_grad():
+        full = per_sample_nll(model(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"])
+    head_rows, handle = _lm_head_rows(model)
+    try:
+        nll, image_out = forward_nll(model, batch)
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(nll.numpy(), full.numpy(), rtol=0, atol=1e-5)
+    assert image_out is None
+    n_answer = int((batch["labels"] != -100).sum())
+    assert head_rows == [n_answer] and n_answer < batch["input_ids"].numel()
+    assert "labels" in batch  # the caller's batch is left as it was
+
+
+@pytest.mark.parametrize("name", ["tiny_llava", "tiny_qwen2_vl"])
+@pytest.mark.parametrize("feature", ["projected", "tower"])
+def test_forward_nll_shares_one_image_pass_with_the_image_signal(name, feature, request):
+    model, processor = request.getfixturevalue(name)
+    rows = list(make_source("shape", 3, seed=4)) + list(make_source("ocr", 2, seed=4))
+    embedder = FieldEmbedder(model, processor, EmbeddingConfig(image_feature=feature))
+    batch = encode_rows(rows, processor)
+    alone = forward_nll(model, batch)[0]
+    tower = getattr(model.model, "vision_tower", None) or model.model.visual
+    calls = []
+    handle = tower.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        nll, image_out = forward_nll(model, batch, image_features=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # the vision tower ran once for both signals
+    np.testing.assert_allclose(nll.numpy(), alone.numpy(), rtol=0, atol=1e-6)
+    shared = embedder.sample_vectors(
+        embedder.image_vectors(image_out, len(rows), batch.get("image_grid_thw")), [1] * len(rows)
+    )
+    separate = embedder.embed_images([r["images"] for r in rows])
+    np.testing.assert_allclose(np.stack(shared), separate, rtol=0, atol=1e-5)

@@ -62,7 +62,8 @@ import numpy as np
 from . import distributed
 from .diversity import diversity, sample_vectors
 from .embeddings import EmbeddingConfig, FieldEmbedder, l2_normalize, mean_unit_vector
-from .perplexity import PerplexityConfig, dataset_perplexity, sample_nll
+from .encoding import encode_rows
+from .perplexity import PerplexityConfig, dataset_perplexity, forward_nll
 from .plan import Plan, stable_seed
 from .selectors import SelectionContext, _base_kwargs
 from .sources import DataError, Source, as_pil, extract_fields, row_images
@@ -761,20 +762,32 @@ class DataProphet:
     def _compute(
         self, jobs: list[_Job], model: Any, processing_class: Any
     ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-        """Compute the jobs' signals, one item per (job, row), split across ranks; every rank gets all results."""
+        """Compute the jobs' signals, split across ranks by row; every rank gets all results.
+
+        The jobs of one dataset are computed together (they share its subsample rows): each row is read and decoded
+        once, one forward pass gives its answer NLL and, from the same image pathway, its image vector, and one
+        text pass embeds its question and answer.
+        """
         if not jobs:
             self.last_work = {"items_total": 0, "items_local": 0}
             return []
         if model is None:
             raise ValueError("DataProphet needs a model to compute signals")
-        items = [(j, int(r)) for j, job in enumerate(jobs) for r in job.rows]
+        units: dict[tuple[str, str], list[int]] = {}
+        for j, job in enumerate(jobs):
+            units.setdefault((job.role, job.name), []).append(j)
+        members = list(units.values())
+        for group in members:
+            if any(not np.array_equal(jobs[j].rows, jobs[group[0]].rows) for j in group):
+                raise RuntimeError("signals of one dataset were asked for on different rows")
+        items = [(u, int(r)) for u, group in enumerate(members) for r in jobs[group[0]].rows]
         was_training = bool(getattr(model, "training", False))
         model.eval()
         local: dict[str, int] = {}
 
         def work(chunk):
             local["items_local"] = len(chunk)
-            return self._work(jobs, chunk, model, processing_class)
+            return self._work(jobs, members, chunk, model, processing_class)
 
         try:
             results = distributed.map_across_ranks(work, items)
@@ -782,11 +795,16 @@ class DataProphet:
             if was_training:
                 model.train()
         self.last_work = {"items_total": len(items), "items_local": local.get("items_local", 0)}
-        out = []
+        by_job: dict[int, list[Any]] = {}
         k = 0
-        for job in jobs:
-            res = results[k : k + len(job.rows)]
-            k += len(job.rows)
+        for group in members:
+            n = len(jobs[group[0]].rows)
+            for j in group:
+                by_job[j] = [r[jobs[j].kind] for r in results[k : k + n]]
+            k += n
+        out = []
+        for j, job in enumerate(jobs):
+            res = by_job[j]
             ok = [(int(r), v) for r, v in zip(job.rows, res) if not _is_failure(v)]
             failures = [v["error"] for v in res if _is_failure(v)]
             arrays: dict[str, np.ndarray] = {"rows": np.array([r for r, _ in ok], dtype=np.int64)}
@@ -800,83 +818,136 @@ class DataProphet:
             out.append(({"failures": failures}, arrays))
         return out
 
-    def _work(self, jobs: list[_Job], chunk: list[tuple[int, int]], model: Any, processing_class: Any) -> list[Any]:
-        """This rank's share: consecutive items of the same job are read and computed in batches."""
+    def _work(
+        self,
+        jobs: list[_Job],
+        members: list[list[int]],
+        chunk: list[tuple[int, int]],
+        model: Any,
+        processing_class: Any,
+    ) -> list[dict[str, Any]]:
+        """This rank's share: consecutive rows of the same dataset are read and computed in batches; one
+        `{kind: value or failure}` per row."""
         from tqdm.auto import tqdm
 
         cfg = self.settings
         embedder = FieldEmbedder(model, processing_class, cfg.embedding)
-        out: list[Any] = []
+        out: list[dict[str, Any]] = []
         show = cfg.progress and distributed.is_main_process()
         bar = tqdm(total=len(chunk), desc="DataProphet signals", disable=not show)
         read = max(cfg.perplexity.batch_size, cfg.embedding.batch_size) * 4
-        for j, group in itertools.groupby(chunk, key=lambda item: item[0]):
-            job = jobs[j]
+        for u, group in itertools.groupby(chunk, key=lambda item: item[0]):
+            first = jobs[members[u][0]]
+            kinds = [jobs[j].kind for j in members[u]]
             row_ids = [r for _, r in group]
             for start in range(0, len(row_ids), read):
                 ids = row_ids[start : start + read]
-                bar.set_postfix_str(f"{job.role} {job.name}: {job.kind}")
-                out += self._compute_rows(job, ids, model, processing_class, embedder)
+                bar.set_postfix_str(f"{first.role} {first.name}: {'+'.join(kinds)}")
+                out += self._compute_rows(first, kinds, ids, model, processing_class, embedder)
                 bar.update(len(ids))
         bar.close()
         return out
 
-    def _compute_rows(self, job: _Job, ids: list[int], model, processing_class, embedder) -> list[Any]:
+    def _compute_rows(
+        self, job: _Job, kinds: list[str], ids: list[int], model, processing_class, embedder: FieldEmbedder
+    ) -> list[dict[str, Any]]:
         raw = job.dataset.with_format("arrow")[ids].to_pylist()
-        results: list[Any] = [None] * len(ids)
-        good: list[int] = []
-        rows, flds = [], []
+        results: list[dict[str, Any]] = [{} for _ in ids]
+        text_k, text_f = [], []  # rows whose Q/A are embedded
+        fwd_k, fwd_rows = [], []  # rows that go through the model with their images (NLL and/or image vector)
         for k, (r, row) in enumerate(zip(ids, raw)):
             try:
                 f = extract_fields(row, job.name, r)
-                if job.kind in ("nll", "image"):
-                    decoded = []
-                    for im in row_images(row):
-                        try:
-                            decoded.append(as_pil(im))
-                        except Exception as err:  # PIL raises several types for corrupt data
-                            raise DataError(
-                                job.name, r, "images", f"image fails to decode ({type(err).__name__}: {err})"
-                            ) from None
-                    if job.kind == "image" and not decoded:
-                        raise DataError(job.name, r, "images", "row has no image")
-                    row = {**row, "images": decoded}
-                    row.pop("image", None)
-                    f.images = decoded
             except DataError as err:
-                results[k] = {"error": _failure(err, job.kind)}
+                for kind in kinds:
+                    results[k][kind] = {"error": _failure(err, kind)}
                 continue
-            good.append(k)
-            rows.append(row)
-            flds.append(f)
-        if not good:
-            return results
-        good_ids = [ids[k] for k in good]
-        if job.kind == "nll":
-            values = self._nll(job, rows, good_ids, model, processing_class)
-        elif job.kind == "text":
-            q = embedder.embed_texts([f.question for f in flds])
-            a = embedder.embed_texts([f.answer for f in flds])
-            values = list(zip(q, a))
-        else:
-            values = list(embedder.embed_images([f.images for f in flds]))
-        for k, v in zip(good, values):
-            results[k] = v
+            if "text" in kinds:
+                text_k.append(k)
+                text_f.append(f)
+            if "nll" not in kinds and "image" not in kinds:
+                continue
+            try:
+                decoded = []
+                for im in row_images(row):
+                    try:
+                        decoded.append(as_pil(im))
+                    except Exception as err:  # PIL raises several types for corrupt data
+                        raise DataError(
+                            job.name, r, "images", f"image fails to decode ({type(err).__name__}: {err})"
+                        ) from None
+            except DataError as err:
+                for kind in ("nll", "image"):
+                    if kind in kinds:
+                        results[k][kind] = {"error": _failure(err, kind)}
+                continue
+            if "image" in kinds and not decoded:
+                results[k]["image"] = {
+                    "error": _failure(DataError(job.name, r, "images", "row has no image"), "image")
+                }
+                if "nll" not in kinds:
+                    continue
+            row = {**row, "images": decoded}
+            row.pop("image", None)
+            fwd_k.append(k)
+            fwd_rows.append(row)
+        if text_k:
+            n = len(text_f)
+            vectors = embedder.embed_texts([f.question for f in text_f] + [f.answer for f in text_f])
+            for k, q, a in zip(text_k, vectors[:n], vectors[n:]):
+                results[k]["text"] = (q, a)
+        if fwd_k:
+            fwd_ids = [ids[k] for k in fwd_k]
+            want_image = "image" in kinds
+            if "nll" in kinds:
+                values = self._forward(job.name, fwd_rows, fwd_ids, want_image, model, processing_class, embedder)
+            else:
+                values = [(None, v) for v in embedder.embed_images([row["images"] for row in fwd_rows])]
+            for k, (nll, image) in zip(fwd_k, values):
+                if nll is not None:
+                    results[k]["nll"] = nll
+                if want_image and "image" not in results[k]:
+                    results[k]["image"] = image
         return results
 
-    def _nll(self, job: _Job, rows: list[dict], ids: list[int], model, processing_class) -> list[Any]:
+    def _forward(
+        self, name: str, rows: list[dict], ids: list[int], want_image: bool, model, processing_class, embedder
+    ) -> list[tuple[Any, Any]]:
+        """`(nll, image vector)` per row (a failure dict in place of a value that could not be computed): one
+        forward per batch gives both ([`mixwise.perplexity.forward_nll`])."""
         cfg = self.settings.perplexity
-        try:
-            return [float(x) for x in sample_nll(model, processing_class, rows, cfg, source=job.name, row_ids=ids)]
-        except DataError:
-            pass
-        out: list[Any] = []  # a bad row in a batch: find it (and any others) one row at a time
-        for row, r in zip(rows, ids):
+        out: list[tuple[Any, Any]] = []
+        for start in range(0, len(rows), cfg.batch_size):
+            chunk, chunk_ids = rows[start : start + cfg.batch_size], ids[start : start + cfg.batch_size]
             try:
-                out.append(float(sample_nll(model, processing_class, [row], cfg, source=job.name, row_ids=[r])[0]))
-            except DataError as err:
-                out.append({"error": _failure(err, "nll")})
+                out += self._forward_batch(name, chunk, want_image, model, processing_class, embedder)
+                continue
+            except DataError:
+                pass
+            for row, r in zip(chunk, chunk_ids):  # a bad row in the batch: find it (and any others) one at a time
+                try:
+                    out += self._forward_batch(name, [row], want_image, model, processing_class, embedder)
+                except DataError as err:
+                    err = DataError(name, r, err.field, err.problem)
+                    image = None
+                    if want_image and row["images"]:  # the row's image signal does not depend on its text
+                        image = embedder.embed_images([row["images"]])[0]
+                    out.append(({"error": _failure(err, "nll")}, image))
         return out
+
+    def _forward_batch(self, name, rows, want_image, model, processing_class, embedder) -> list[tuple[Any, Any]]:
+        cfg = self.settings.perplexity
+        batch = encode_rows(rows, processing_class, max_length=cfg.max_length, source=name)
+        nll, image_out = forward_nll(model, batch, image_features=want_image)
+        images: list[Any] = [None] * len(rows)
+        counts = [len(row["images"]) for row in rows]
+        if want_image and all(counts):  # (a batch mixing rows with and without images fails in encode_rows)
+            if image_out is not None:
+                per_image = embedder.image_vectors(image_out, sum(counts), batch.get("image_grid_thw"))
+                images = embedder.sample_vectors(per_image, counts)
+            else:  # the model cannot take precomputed image features: a separate image pass
+                images = list(embedder.embed_images([row["images"] for row in rows]))
+        return [(float(x), v) for x, v in zip(nll.tolist(), images)]
 
     # -- terms ------------------------------------------------------------------------------------------------------
 

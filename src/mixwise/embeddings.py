@@ -194,16 +194,19 @@ class FieldEmbedder:
         decoder = self._decoder()
         device, _ = _device_dtype(self.model)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        out = []
+        all_ids = tok(texts, add_special_tokens=False)["input_ids"]
+        if cfg.max_text_tokens is not None:
+            all_ids = [x[: cfg.max_text_tokens] for x in all_ids]
+        for j, x in enumerate(all_ids):
+            if not x:
+                raise ValueError(f"text {j} renders to no tokens: {texts[j]!r}")
+        # Batches of similar lengths waste little on padding; the vectors do not depend on the batching.
+        order = sorted(range(len(texts)), key=lambda j: len(all_ids[j]))
+        out = np.empty((len(texts), 0), dtype=np.float32)
         starts = range(0, len(texts), cfg.batch_size)
         for start in tqdm(starts, desc=desc or "embedding text", disable=not progress, leave=False):
-            chunk = texts[start : start + cfg.batch_size]
-            ids = tok(chunk, add_special_tokens=False)["input_ids"]
-            if cfg.max_text_tokens is not None:
-                ids = [x[: cfg.max_text_tokens] for x in ids]
-            for j, x in enumerate(ids):
-                if not x:
-                    raise ValueError(f"text {start + j} renders to no tokens: {chunk[j]!r}")
+            members = order[start : start + cfg.batch_size]
+            ids = [all_ids[j] for j in members]
             width = max(len(x) for x in ids)
             input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -220,8 +223,10 @@ class FieldEmbedder:
             else:
                 last = mask.sum(dim=1) - 1
                 pooled = h[torch.arange(len(ids), device=h.device), last]
-            out.append(pooled.cpu().numpy())
-        return l2_normalize(np.concatenate(out)).astype(np.float32)
+            if out.shape[1] == 0:
+                out = np.empty((len(texts), pooled.shape[-1]), dtype=np.float32)
+            out[members] = pooled.cpu().numpy()
+        return l2_normalize(out).astype(np.float32)
 
     def _decoder(self) -> Any:
         get = getattr(self.model, "get_decoder", None)
@@ -258,15 +263,21 @@ class FieldEmbedder:
         for start in tqdm(starts, desc=desc or "embedding images", disable=not progress, leave=False):
             chunk = images[start : start + cfg.batch_size]
             flat = [im for ims in chunk for im in ims]
-            per_image = l2_normalize(self._image_vectors(image_processor, flat))
-            k = 0
-            for ims in chunk:  # a sample's vector: the normalized mean of its images' unit vectors
-                out.append(l2_normalize(per_image[k : k + len(ims)].mean(axis=0)))
-                k += len(ims)
+            out.extend(self.sample_vectors(self._image_vectors(image_processor, flat), [len(ims) for ims in chunk]))
         return np.stack(out).astype(np.float32)
 
+    @staticmethod
+    def sample_vectors(per_image: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+        """A sample's image vector: the normalized mean of its images' unit vectors (`counts` images per sample,
+        in order)."""
+        per_image = l2_normalize(per_image)
+        out, k = [], 0
+        for n in counts:
+            out.append(l2_normalize(per_image[k : k + n].mean(axis=0)).astype(np.float32))
+            k += n
+        return out
+
     def _image_vectors(self, image_processor: Any, flat: list[Any]) -> np.ndarray:
-        cfg = self.config
         device, dtype = _device_dtype(self.model)
         inputs = image_processor(flat, return_tensors="pt")
         inputs = {
@@ -276,26 +287,32 @@ class FieldEmbedder:
         }
         with torch.no_grad():
             out = self.model.get_image_features(**inputs, output_hidden_states=True, return_dict=True)
+        return self.image_vectors(out, len(flat), inputs.get("image_grid_thw"))
+
+    def image_vectors(self, outputs: Any, n_images: int, image_grid_thw: torch.Tensor | None = None) -> np.ndarray:
+        """One (unnormalized) vector per image from the output of `model.get_image_features(...,
+        output_hidden_states=True, return_dict=True)` — computed here, or shared with a perplexity forward
+        ([`mixwise.perplexity.forward_nll`]) so that the image pathway runs once per sample."""
+        cfg = self.config
         if cfg.image_feature == "projected":
-            feats = out.pooler_output
+            feats = outputs.pooler_output
             if isinstance(feats, torch.Tensor) and feats.dim() == 2:
                 feats = [feats]
-            if len(feats) != len(flat):
-                raise ValueError(f"get_image_features returned {len(feats)} feature sets for {len(flat)} images")
+            if len(feats) != n_images:
+                raise ValueError(f"get_image_features returned {len(feats)} feature sets for {n_images} images")
             return np.stack([f.float().reshape(-1, f.shape[-1]).mean(dim=0).cpu().numpy() for f in feats])
-        hidden = out.hidden_states[cfg.image_layer].float()
-        if hidden.dim() == 3 and hidden.shape[0] == len(flat):  # (images, tokens, d): CLIP/SigLIP style towers
+        hidden = outputs.hidden_states[cfg.image_layer].float()
+        if hidden.dim() == 3 and hidden.shape[0] == n_images:  # (images, tokens, d): CLIP/SigLIP style towers
             # LLaVA-style configs say whether the tower's first token is a CLS to drop ("default") or not ("full")
             has_cls = getattr(getattr(self.model, "config", None), "vision_feature_select_strategy", None) == "default"
             if cfg.image_pooling == "cls":
                 return hidden[:, 0].cpu().numpy()
             return (hidden[:, 1:] if has_cls else hidden).mean(dim=1).cpu().numpy()
         # (patches, d) flattened across images (Qwen2-VL style): split by each image's patch grid
-        grid = inputs.get("image_grid_thw")
-        if grid is None:
+        if image_grid_thw is None:
             raise ValueError("cannot split the vision tower's hidden states per image (no image_grid_thw)")
         hidden = hidden.reshape(-1, hidden.shape[-1])
-        parts = torch.split(hidden, grid.prod(-1).tolist())
+        parts = torch.split(hidden, image_grid_thw.prod(-1).tolist())
         if cfg.image_pooling == "cls":
             raise ValueError("image_pooling='cls' needs a vision tower with a CLS token (e.g. CLIP)")
         return torch.stack([p.mean(dim=0) for p in parts]).cpu().numpy()

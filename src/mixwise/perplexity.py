@@ -13,6 +13,8 @@ are encoded in right-padded batches, so a padded batch gives the same per-sample
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -22,10 +24,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import encode_rows, per_sample_nll
+from .encoding import IGNORE_INDEX, encode_rows, per_sample_nll
 from .sources import DataError
 
-__all__ = ["PerplexityConfig", "dataset_perplexity", "sample_nll"]
+__all__ = ["PerplexityConfig", "dataset_perplexity", "forward_nll", "sample_nll"]
 
 
 @dataclass
@@ -50,17 +52,76 @@ class PerplexityConfig:
         return d
 
 
-def _forward_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _to_model(model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
     p = next(model.parameters())
-    labels = batch.pop("labels")
-    inputs = {
+    return {
         k: (v.to(p.device, p.dtype) if torch.is_floating_point(v) else v.to(p.device))
         for k, v in batch.items()
         if isinstance(v, torch.Tensor)
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params
+
+
+def _image_feature_keys(model: Any, inputs: Mapping[str, Any]) -> list[str] | None:
+    """The batch keys to hand to `model.get_image_features`, or `None` when the model cannot take precomputed image
+    features in its forward (`mm_encoder_outputs`)."""
+    get = getattr(model, "get_image_features", None)
+    if get is None or "pixel_values" not in inputs or not _accepts(type(model).forward, "mm_encoder_outputs"):
+        return None
+    params = inspect.signature(get).parameters
+    return [k for k in inputs if k in params and k not in ("input_ids", "attention_mask")]
+
+
+def forward_nll(model: Any, batch: Mapping[str, Any], image_features: bool = False) -> tuple[torch.Tensor, Any | None]:
+    """Per-sample mean answer-token NLL of an [`encode_rows`] batch, in one forward pass.
+
+    Logits are computed only at the positions that predict an answer token (`logits_to_keep` with a boolean mask,
+    so the LM head — a large share of a small model's compute with a real vocabulary — runs on those rows only);
+    models whose forward cannot take such a mask get the full logits, with the same result.
+
+    With `image_features=True` the image pathway runs once, up front (`model.get_image_features`, with the vision
+    tower's hidden states), and its output is passed to the forward as `mm_encoder_outputs`, so the image signal
+    ([`mixwise.embeddings.FieldEmbedder.image_vectors`]) costs no second pass. Returns `(nll, image_outputs)`;
+    `image_outputs` is `None` when not asked for or when the model has no such input (then embed the images
+    separately).
+    """
+    inputs = _to_model(model, batch)
+    labels = inputs.pop("labels")
+    image_out = None
+    keys = _image_feature_keys(model, inputs) if image_features else None
     with torch.no_grad():
-        logits = model(**inputs).logits
-    return per_sample_nll(logits, labels.to(logits.device)).float().cpu()
+        if keys is not None:
+            image_out = model.get_image_features(
+                **{k: inputs[k] for k in keys}, output_hidden_states=True, return_dict=True
+            )
+            inputs.pop("pixel_values")
+            inputs["mm_encoder_outputs"] = {"image": image_out}
+        # position t predicts token t+1: keep the positions whose next token is an answer token
+        target_mask = labels[:, 1:] != IGNORE_INDEX
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = target_mask
+        logits = None
+        if _accepts(type(model).forward, "logits_to_keep"):
+            out = model(**inputs, logits_to_keep=keep).logits
+            if out.dim() == 2 and out.shape[0] == int(keep.sum()):
+                logits = out
+        if logits is None:  # no (boolean) logits_to_keep support: full logits
+            return per_sample_nll(model(**inputs).logits, labels).float().cpu(), image_out
+    token_nll = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][target_mask], reduction="none")
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target_mask)[target_mask]
+    counts = target_mask.sum(dim=1)
+    if bool((counts == 0).any()):
+        raise ValueError("a sample has no answer tokens in its labels")
+    sums = torch.zeros(labels.shape[0], dtype=token_nll.dtype, device=token_nll.device).index_add_(0, rows, token_nll)
+    return (sums / counts).cpu(), image_out
 
 
 def sample_nll(
@@ -97,7 +158,7 @@ def sample_nll(
         except DataError as err:  # re-address the row by its id in the dataset
             row = row_ids[start + err.row] if err.row is not None else None
             raise DataError(source, row, err.field, err.problem) from None
-        out[start : start + len(chunk)] = _forward_nll(model, batch).double().numpy()
+        out[start : start + len(chunk)] = forward_nll(model, batch)[0].double().numpy()
     return out
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "LLAVA_NUM_IMAGE_TOKENS",
     "Qwen2VLImageOnlyProcessor",
     "build_tokenizer",
+    "build_llava",
     "build_tiny_llava",
     "build_tiny_qwen2_vl",
     "build_tiny_llama",
@@ -336,25 +337,57 @@ def build_tiny_llava(
     ``seed`` without disturbing the global torch RNG. The processor resizes and center-crops any image to 32x32 and
     expands each ``<image>`` to 16 image tokens; its chat template renders image parts as ``<image>``.
     """
-    name = _NAMES["llava"]
+    return build_llava(seed=seed, tokenizer=tokenizer)
+
+
+def build_llava(
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    *,
+    image_size: int = LLAVA_IMAGE_SIZE,
+    patch_size: int = LLAVA_PATCH_SIZE,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    vision_intermediate: int = 64,
+    text_hidden: int = _TEXT_SIZES["hidden_size"],
+    text_layers: int = _TEXT_SIZES["num_hidden_layers"],
+    text_heads: int = _TEXT_SIZES["num_attention_heads"],
+    text_kv_heads: int = _TEXT_SIZES["num_key_value_heads"],
+    text_intermediate: int = _TEXT_SIZES["intermediate_size"],
+    vocab_size: int | None = None,
+    name: str = _NAMES["llava"],
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A random LLaVA of any size (CLIP tower + GELU projector + Llama) with its processor: ``(image_size / patch_size)^2`` image tokens per image. `vocab_size` larger than the
+    tokenizer's pads the embedding and LM head to a realistic vocabulary (e.g. 32000, as Llama/LLaVA-1.5) so that
+    benchmarks pay a realistic LM-head cost; the extra rows are never produced by the tokenizer. The defaults are
+    [`build_tiny_llava`]'s sizes."""
     tokenizer = _fresh_tokenizer(tokenizer, name, chat_template(LLAVA_IMAGE_TOKEN))
     vision_config = CLIPVisionConfig(
-        image_size=LLAVA_IMAGE_SIZE,
-        patch_size=LLAVA_PATCH_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        projection_dim=32,
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=vision_hidden,
+        intermediate_size=vision_intermediate,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        projection_dim=vision_hidden,
     )
     text_config = LlamaConfig(
-        vocab_size=len(tokenizer), tie_word_embeddings=False, **_TEXT_SIZES, **_token_ids(tokenizer)
+        vocab_size=max(vocab_size or 0, len(tokenizer)),
+        tie_word_embeddings=False,
+        hidden_size=text_hidden,
+        intermediate_size=text_intermediate,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads,
+        num_key_value_heads=text_kv_heads,
+        max_position_embeddings=_TEXT_SIZES["max_position_embeddings"],
+        **_token_ids(tokenizer),
     )
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
         image_token_index=tokenizer.convert_tokens_to_ids(LLAVA_IMAGE_TOKEN),
-        image_seq_length=LLAVA_NUM_IMAGE_TOKENS,
+        image_seq_length=(image_size // patch_size) ** 2,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
         projector_hidden_act="gelu",
@@ -365,8 +398,8 @@ def build_tiny_llava(
     _finish(model, name, tokenizer)
 
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": LLAVA_IMAGE_SIZE},
-        crop_size={"height": LLAVA_IMAGE_SIZE, "width": LLAVA_IMAGE_SIZE},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         do_resize=True,
         do_center_crop=True,
         do_convert_rgb=True,
@@ -374,7 +407,7 @@ def build_tiny_llava(
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=LLAVA_PATCH_SIZE,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         chat_template=chat_template(LLAVA_IMAGE_TOKEN),
         image_token=LLAVA_IMAGE_TOKEN,
