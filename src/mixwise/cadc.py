@@ -46,7 +46,7 @@ import hashlib
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import datasets
@@ -697,9 +697,7 @@ class CADC:
     name = "cadc"
 
     def __init__(self, config: CADCConfig | None = None, **overrides: Any):
-        if config is not None and overrides:
-            config = CADCConfig(**{**{f.name: getattr(config, f.name) for f in fields(config)}, **overrides})
-        self.cfg = config or CADCConfig(**overrides)
+        self.cfg = replace(config, **overrides) if config is not None else CADCConfig(**overrides)
         self.result: CADCResult | None = None
 
     def config(self) -> dict[str, Any]:

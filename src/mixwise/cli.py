@@ -161,24 +161,27 @@ def _run_select(cfg: SelectConfig) -> int:
             if v is not None
         }
         preset = cfg.warmup_preset or ("less" if cfg.method == "cadc" else "icons")
+        common = dict(  # the warm-up and feature settings ICONS and CADC share
+            model_path=cfg.model,
+            work_dir=cfg.work_dir or os.path.join(cfg.out, "work"),
+            warmup=WarmupConfig.preset(preset, seed=cfg.seed, **overrides),
+            warmup_dir=cfg.warmup_dir,
+            pool_mode=cfg.pool_mode,
+            proj_dim=cfg.proj_dim,
+            projector=cfg.projector,
+            proj_seed=cfg.seed,
+            subtask_column=cfg.subtask_column,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            chunk_size=cfg.chunk_size,
+            on_error=cfg.on_error,
+        )
         if cfg.method == "cadc":
             from .cadc import CADC, CADCConfig
 
             selector = CADC(
                 CADCConfig(
-                    model_path=cfg.model,
-                    work_dir=cfg.work_dir or os.path.join(cfg.out, "work"),
-                    warmup=WarmupConfig.preset(preset, seed=cfg.seed, **overrides),
-                    warmup_dir=cfg.warmup_dir,
-                    pool_mode=cfg.pool_mode,
-                    proj_dim=cfg.proj_dim,
-                    projector=cfg.projector,
-                    proj_seed=cfg.seed,
-                    subtask_column=cfg.subtask_column,
-                    batch_size=cfg.batch_size,
-                    max_length=cfg.max_length,
-                    chunk_size=cfg.chunk_size,
-                    on_error=cfg.on_error,
+                    **common,
                     threshold=cfg.cadc_threshold,
                     n_capabilities=cfg.n_capabilities,
                     budget_split=cfg.budget_split,
@@ -189,25 +192,13 @@ def _run_select(cfg: SelectConfig) -> int:
         else:
             selector = ICONS(
                 ICONSConfig(
-                    model_path=cfg.model,
-                    work_dir=cfg.work_dir or os.path.join(cfg.out, "work"),
-                    warmup=WarmupConfig.preset(preset, seed=cfg.seed, **overrides),
-                    warmup_dir=cfg.warmup_dir,
+                    **common,
                     checkpoints=cfg.checkpoints,
                     signal=cfg.signal,
-                    pool_mode=cfg.pool_mode,
-                    proj_dim=cfg.proj_dim,
-                    projector=cfg.projector,
-                    proj_seed=cfg.seed,
                     aggregator=cfg.aggregator,
                     p_vote=cfg.p_vote,
                     specialist_task=cfg.specialist_task,
-                    subtask_column=cfg.subtask_column,
                     visual_dependency=cfg.visual_dependency,
-                    batch_size=cfg.batch_size,
-                    max_length=cfg.max_length,
-                    chunk_size=cfg.chunk_size,
-                    on_error=cfg.on_error,
                 )
             )
         context = SelectionContext(mixture=mixture, seed=cfg.seed, targets=targets, model_id=cfg.model)

@@ -50,7 +50,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import datasets
@@ -677,9 +677,7 @@ class ICONS:
     name = "icons"
 
     def __init__(self, config: ICONSConfig | None = None, **overrides: Any):
-        if config is not None and overrides:
-            config = ICONSConfig(**{**{f.name: getattr(config, f.name) for f in fields(config)}, **overrides})
-        self.cfg = config or ICONSConfig(**overrides)
+        self.cfg = replace(config, **overrides) if config is not None else ICONSConfig(**overrides)
         self.result: ICONSResult | None = None
 
     def config(self) -> dict[str, Any]:
