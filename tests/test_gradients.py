@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from peft import get_peft_model
+from peft import LoraConfig, get_peft_model
 
 from mixwise.encoding import encode_rows, per_sample_nll
 from mixwise.gradients import (
@@ -84,7 +84,15 @@ def test_padded_batch_gradients_equal_batch_size_one(models, kind):
     # LoRA of the language model only: nothing from the vision tower, projector or lm_head
     assert all("language_model" in n or kind == "llama" for n in feat.param_names)
     assert not any("vision" in n or "visual" in n or "lm_head" in n or "projector" in n for n in feat.param_names)
-    losses, grads = feat.per_sample_gradients(batch)
+    head_rows = []
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda m, args, out: head_rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0])
+    )
+    try:
+        losses, grads = feat.per_sample_gradients(batch)
+    finally:
+        handle.remove()
+    assert head_rows == [int((batch["labels"] != -100).sum())]  # the LM head projects answer positions only
     ref_losses, ref = reference_gradients(model, processor, rows, feat.param_names)
     torch.testing.assert_close(losses, ref_losses, rtol=1e-5, atol=1e-6)
     rel = (grads - ref).norm(dim=1) / ref.norm(dim=1)
@@ -261,3 +269,17 @@ def test_rds_features_are_last_token_hidden_states(models):
         with torch.no_grad():
             hidden = model(**batch, output_hidden_states=True).hidden_states[-1][0, -1]
         torch.testing.assert_close(got[i], hidden, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_on_the_lm_head_keeps_full_logits_and_stays_exact(models):
+    base, tok = models["llama"]
+    names = [n for n, m in base.named_modules() if n.endswith(("q_proj", "v_proj"))] + ["lm_head"]
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=names, init_lora_weights=False)
+    model = get_peft_model(copy.deepcopy(base), config)
+    rows = toy_rows("llama")
+    batch = encode_rows(rows, tok)
+    feat = GradientFeaturizer(model, tok, FeaturizerConfig(batch_size=4), projector=RAW)
+    assert any("lm_head" in n for n in feat.param_names)
+    losses, grads = feat.per_sample_gradients(batch)
+    _, ref = reference_gradients(model, tok, rows, feat.param_names)
+    assert float(((grads - ref).norm(dim=1) / ref.norm(dim=1)).max()) < 1e-4

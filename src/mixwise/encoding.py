@@ -14,6 +14,8 @@ size 1, so a padded batch gives the same per-sample values as one row at a time 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -150,3 +152,46 @@ def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if bool((counts == 0).any()):
         raise ValueError("a sample has no answer tokens in its labels")
     return (token_nll * mask).sum(dim=1) / counts
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_takes(cls: type, name: str) -> bool:
+    try:
+        return name in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def forward_takes(model: Any, name: str) -> bool:
+    """Whether `model`'s forward has the keyword `name` (looking through a peft wrapper to the model inside)."""
+    get_base = getattr(model, "get_base_model", None)
+    inner = get_base() if callable(get_base) else model
+    return _forward_takes(type(inner), name)
+
+
+def answer_nll(model: Any, inputs: Mapping[str, Any], labels: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """`(per-sample mean answer-token NLL (batch,), model output)` of one forward, differentiable.
+
+    The logits are computed only at the positions that predict an answer token (`logits_to_keep` with a boolean
+    `(batch, seq)` mask), so the LM head — with a real vocabulary a large share of a small model's compute and of its
+    activation memory — runs on those rows only. The values equal [`per_sample_nll`] on the full logits. A model
+    whose forward has no `logits_to_keep`, or ignores a boolean mask, gets the full logits.
+    """
+    target_mask = labels[:, 1:] != IGNORE_INDEX
+    counts = target_mask.sum(dim=1)
+    if bool((counts == 0).any()):
+        raise ValueError("a sample has no answer tokens in its labels")
+    if forward_takes(model, "logits_to_keep"):
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = target_mask  # position t predicts token t+1
+        out = model(**inputs, logits_to_keep=keep)
+        logits = out.logits
+        if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
+            token_nll = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][target_mask], reduction="none")
+            rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target_mask)
+            sums = torch.zeros(labels.shape[0], dtype=token_nll.dtype, device=token_nll.device)
+            return sums.index_add(0, rows[target_mask], token_nll) / counts, out
+        if logits.dim() == 3 and logits.shape[:2] == labels.shape:  # the mask was not applied: full logits
+            return per_sample_nll(logits, labels), out
+    out = model(**inputs)
+    return per_sample_nll(out.logits, labels), out

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from .encoding import IGNORE_INDEX, encode_rows, per_sample_nll
+from .encoding import IGNORE_INDEX, answer_nll, encode_rows, per_sample_nll
 from .projection import BlockProjector, KroneckerProjector, ProjectorSpec, derive_seed
 from .sources import DataError, row_images
 
@@ -397,6 +397,11 @@ class GradientFeaturizer(_Featurizer):
             self.offsets[n] = offset
             offset += math.prod(self.shapes[n])
         self.input_dim = offset
+        # Logits at answer positions only (fewer LM-head rows), unless the LM head itself carries LoRA weights: their
+        # per-sample gradients need the head's input laid out by sample.
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        head_params = {id(p) for p in head.parameters()} if head is not None else set()
+        self._answer_logits_only = not any(id(params[n]) in head_params for n in self.param_names)
         self.spec = projector or ProjectorSpec()
         mode = self.config.mode
         shared = getattr(projector_instance, "spec", None) if projector_instance is not None else None
@@ -484,8 +489,10 @@ class GradientFeaturizer(_Featurizer):
         self._sink = sink
         try:
             with torch.enable_grad():
-                logits = self.model(**inputs, use_cache=False).logits
-                losses = per_sample_nll(logits, labels)
+                if self._answer_logits_only:
+                    losses, _ = answer_nll(self.model, {**inputs, "use_cache": False}, labels)
+                else:
+                    losses = per_sample_nll(self.model(**inputs, use_cache=False).logits, labels)
                 if not bool(torch.isfinite(losses).all()):
                     return losses.detach()
                 torch.autograd.grad(losses.sum(), params, allow_unused=True)

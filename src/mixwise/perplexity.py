@@ -13,7 +13,6 @@ are encoded in right-padded batches, so a padded batch gives the same per-sample
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import IGNORE_INDEX, encode_rows, per_sample_nll
+from .encoding import answer_nll, encode_rows, forward_takes
 from .sources import DataError
 
 __all__ = ["PerplexityConfig", "dataset_perplexity", "forward_nll", "sample_nll"]
@@ -61,20 +60,11 @@ def _to_model(model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=64)
-def _accepts(fn: Any, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params
-
-
 def _image_feature_keys(model: Any, inputs: Mapping[str, Any]) -> list[str] | None:
     """The batch keys to hand to `model.get_image_features`, or `None` when the model cannot take precomputed image
     features in its forward (`mm_encoder_outputs`)."""
     get = getattr(model, "get_image_features", None)
-    if get is None or "pixel_values" not in inputs or not _accepts(type(model).forward, "mm_encoder_outputs"):
+    if get is None or "pixel_values" not in inputs or not forward_takes(model, "mm_encoder_outputs"):
         return None
     params = inspect.signature(get).parameters
     return [k for k in inputs if k in params and k not in ("input_ids", "attention_mask")]
@@ -104,24 +94,8 @@ def forward_nll(model: Any, batch: Mapping[str, Any], image_features: bool = Fal
             )
             inputs.pop("pixel_values")
             inputs["mm_encoder_outputs"] = {"image": image_out}
-        # position t predicts token t+1: keep the positions whose next token is an answer token
-        target_mask = labels[:, 1:] != IGNORE_INDEX
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = target_mask
-        logits = None
-        if _accepts(type(model).forward, "logits_to_keep"):
-            out = model(**inputs, logits_to_keep=keep).logits
-            if out.dim() == 2 and out.shape[0] == int(keep.sum()):
-                logits = out
-        if logits is None:  # no (boolean) logits_to_keep support: full logits
-            return per_sample_nll(model(**inputs).logits, labels).float().cpu(), image_out
-    token_nll = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][target_mask], reduction="none")
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target_mask)[target_mask]
-    counts = target_mask.sum(dim=1)
-    if bool((counts == 0).any()):
-        raise ValueError("a sample has no answer tokens in its labels")
-    sums = torch.zeros(labels.shape[0], dtype=token_nll.dtype, device=token_nll.device).index_add_(0, rows, token_nll)
-    return (sums / counts).cpu(), image_out
+        nll, _ = answer_nll(model, inputs, labels)
+    return nll.float().cpu(), image_out
 
 
 def sample_nll(
