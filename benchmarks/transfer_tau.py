@@ -94,48 +94,21 @@ SMALL = Size(
 
 def build_model(size: Size, seed: int):
     """A LLaVA bigger than the zoo's tiny one, with the zoo's tokenizer, processor and chat template."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from mixwise.testing import build_llava
 
-    from mixwise.testing import LLAVA_IMAGE_SIZE, LLAVA_NUM_IMAGE_TOKENS, build_tiny_llava
-
-    _, processor = build_tiny_llava(seed=seed)
-    tok = processor.tokenizer
-    vision = CLIPVisionConfig(
-        image_size=LLAVA_IMAGE_SIZE,
-        patch_size=8,
-        hidden_size=size.vision_hidden,
-        intermediate_size=2 * size.vision_hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        projection_dim=size.vision_hidden,
+    model, processor = build_llava(
+        seed=seed,
+        vision_hidden=size.vision_hidden,
+        vision_layers=2,
+        vision_heads=4,
+        vision_intermediate=2 * size.vision_hidden,
+        text_hidden=size.text_hidden,
+        text_layers=size.text_layers,
+        text_heads=4,
+        text_kv_heads=4,
+        text_intermediate=2 * size.text_hidden,
+        name="transfer-tau-llava",
     )
-    text = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=size.text_hidden,
-        intermediate_size=2 * size.text_hidden,
-        num_hidden_layers=size.text_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=LLAVA_NUM_IMAGE_TOKENS,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    model.config._name_or_path = "transfer-tau-llava"
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        setattr(model.generation_config, key, getattr(tok, key))
     return model.eval(), processor
 
 
