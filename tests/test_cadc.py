@@ -306,3 +306,13 @@ def test_cli_select_cadc_writes_a_staged_plan(tiny_llava_path, tmp_path):
     assert plan.method == "cadc" and plan.budget == 8 and len(plan.stages) >= 1
     assert sum(st.budget for st in plan.stages) == 8
     assert plan.extra["capability_map"] and plan.extra["stages"]
+    # the score file: per-row capability, stage and influence, consistent with the plan
+    with np.load(out / "cadc_scores.npz") as scores:
+        assert scores["influence"].shape == (16, len(scores["capabilities"]))
+        assert scores["self_influence"].shape[1] == 16
+        assert int(scores["selected"].sum()) == 8
+        stages = scores["stage"][scores["selected"]]
+        assert sorted(np.bincount(stages).tolist()) == sorted(st.budget for st in plan.stages)
+        assert list(scores["subtasks"]) == list(plan.extra["capability_map"])
+    for png in ("capability_map.png", "stages.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

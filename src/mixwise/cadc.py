@@ -43,6 +43,7 @@ epoch) there is no trajectory: CADC falls back to single-checkpoint features wit
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -611,6 +612,82 @@ class CADCResult:
             info["work_dir"] = self.work_dir
         return info
 
+    def save(self, out_dir: str, plots: bool = True) -> list[str]:
+        """Write `cadc_scores.npz` — `influence` (N × K trajectory influence), `self_influence` (T × N, per
+        checkpoint), `capability`, `stage`, `selected` (per pool row), `subtasks`, `subtask_capability`,
+        `subtask_similarity`, `capabilities`, `checkpoint_weights` — and the plots ([`plot_result`]); returns
+        the paths."""
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, "cadc_scores.npz")
+        cols = self.columns()
+        d = self.discovery
+        np.savez(
+            path,
+            influence=self.influence.astype(np.float32),
+            self_influence=self.self_influence.astype(np.float32),
+            capability=cols["cadc_capability"],
+            stage=cols["cadc_stage"],
+            selected=cols["cadc_selected"],
+            subtasks=np.array(d.subtasks),
+            subtask_capability=d.labels,
+            subtask_similarity=d.similarity.astype(np.float32),
+            capabilities=np.array(d.names),
+            checkpoint_weights=np.asarray(self.weights, dtype=np.float64),
+        )
+        paths = [path]
+        if plots:
+            paths += plot_result(self, out_dir)
+        return paths
+
+
+def plot_result(result: CADCResult, out_dir: str) -> list[str]:
+    """`capability_map.png` (trajectory cosine similarity of the target subtasks, grouped by discovered capability)
+    and `stages.png` (rows per curriculum stage, and each capability's self-influence across checkpoints). Uses
+    matplotlib's Agg canvas (no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    d = result.discovery
+    order = np.argsort(d.labels, kind="stable")
+    labels = [f"{d.subtasks[i]} ({d.names[d.labels[i]]})" for i in order]
+    n = len(order)
+    fig = Figure(figsize=(4.5 + 0.45 * n, 3.5 + 0.45 * n))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(d.similarity[np.ix_(order, order)], vmin=-1, vmax=1, cmap="coolwarm")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    bounds = np.flatnonzero(np.diff(d.labels[order])) + 0.5
+    for b in bounds:  # lines between capabilities
+        ax.axhline(b, color="black", linewidth=1)
+        ax.axvline(b, color="black", linewidth=1)
+    ax.set_title(f"{d.n_capabilities} capabilities ({d.method})")
+    fig.colorbar(im, ax=ax, label="trajectory cosine similarity")
+    fig.tight_layout()
+    paths = [os.path.join(out_dir, "capability_map.png")]
+    fig.savefig(paths[0], dpi=100)
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    stage_names = [f"{k}: {st['capability']}" for k, st in enumerate(result.stages)]
+    ax1.bar(range(len(stage_names)), [st["rows"] for st in result.stages])
+    ax1.set_xticks(range(len(stage_names)), stage_names)
+    ax1.set_xlabel("stage (in training order): capability")
+    ax1.set_ylabel("rows")
+    ax1.set_title("curriculum stages")
+    for name, curve in zip(d.names, result.curation.self_influence_curves):
+        ax2.plot(range(len(curve)), curve, marker="o", label=name)
+    ax2.set_xticks(range(len(result.curation.self_influence_curves[0])))
+    ax2.set_xlabel("warm-up checkpoint")
+    ax2.set_ylabel("mean self-influence of the selected rows")
+    ax2.set_title("self-influence (fastest drop first)")
+    ax2.legend()
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "stages.png"))
+    fig.savefig(paths[1], dpi=100)
+    return paths
+
 
 def analyse(
     subtasks: Sequence[str],
@@ -740,6 +817,7 @@ __all__ = [
     "collect_features",
     "curate",
     "discover_capabilities",
+    "plot_result",
     "run_cadc",
     "split_budget",
     "staged_plan",

@@ -214,7 +214,7 @@ def _run_select(cfg: SelectConfig) -> int:
         return 0
     path = plan.save(cfg.out)
     written = [path]
-    if cfg.method == "icons":
+    if cfg.method in ("icons", "cadc"):
         written += selector.result.save(cfg.out)
     if cfg.method == "cadc":
         for k, stage in enumerate(plan.extra["stages"]):
