@@ -1,8 +1,9 @@
 """Selection quality on the toy world: same budget, same seed, different selections — which trains best?
 
 SFT arms (each fine-tunes the same pre-trained base on its rows, same epochs and learning rate):
-  full pool · random 20% · ICONS 20% (warm-up LoRA, gradient features, vote) · DataProphet 20% proportional
-  (Alg. 1) · DataProphet 20% sharpened (`sharpen="power"`).
+  full pool · random 20% · ICONS 20% (warm-up LoRA, gradient features, vote) · ICONS 20% with the round-robin
+  aggregator (same features) · DataProphet 20% proportional (Alg. 1) · DataProphet 20% sharpened
+  (`sharpen="power"`).
 Per-target exact-match accuracy (greedy generation) on every family's test split, and Rel. = mean over targets of
 accuracy / full-pool accuracy (ICONS's definition; paper at 20%: ICONS 98.6%, random 95.8%).
 
@@ -57,6 +58,16 @@ def sft_arms(pool, targets, model, processor, budget, seed, work):
             run_warmup=True,
             warmup_preset="tiny",
             proj_dim=512,
+            work_dir=str(work / "icons"),
+            progress=False,
+            plots=False,
+        ),
+        # the same features (the datastores are reused), the paper's round-robin aggregator instead of the vote
+        "ICONS 20% (round robin)": ICONS(
+            run_warmup=True,
+            warmup_preset="tiny",
+            proj_dim=512,
+            aggregator="round_robin",
             work_dir=str(work / "icons"),
             progress=False,
             plots=False,
