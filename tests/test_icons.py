@@ -17,6 +17,7 @@ from mixwise.icons import ICONS, ICONSConfig
 from mixwise.influence import aggregate
 from mixwise.selectors import SELECTORS
 from mixwise.sources import DataError
+from mixwise.testing import cpu_trainer_kwargs
 from mixwise.toy import make_source
 from mixwise.warmup import WarmupConfig, WarmupResult, run_warmup
 
@@ -186,20 +187,7 @@ def test_callback_with_sfttrainer_trains_on_the_selected_rows(tiny_llava_path, t
     mixture = Mixture(pool_sources(), budget=6, seed=0)
     model = AutoModelForImageTextToText.from_pretrained(str(tiny_llava_path))
     processor = AutoProcessor.from_pretrained(str(tiny_llava_path))
-    args = SFTConfig(
-        output_dir=str(tmp_path / "run"),
-        num_train_epochs=1,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        max_length=None,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        seed=0,
-    )
+    args = SFTConfig(**cpu_trainer_kwargs(tmp_path / "run", num_train_epochs=1, max_length=None, seed=0))
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", task_type="CAUSAL_LM")
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=mixture.dataset, processing_class=processor, peft_config=lora
@@ -324,17 +312,7 @@ def test_warmup_inside_a_trainer_callback_selects_like_the_transform(tiny_llava_
     model = AutoModelForImageTextToText.from_pretrained(tiny_llava_path)
     processor = AutoProcessor.from_pretrained(tiny_llava_path)
     mixture = mixwise.Mixture(pool, budget=6)
-    args = SFTConfig(
-        output_dir=str(tmp_path / "run"),
-        max_steps=1,
-        use_cpu=True,
-        bf16=False,
-        report_to=[],
-        remove_unused_columns=False,
-        gradient_checkpointing=False,
-        max_length=None,
-        save_strategy="no",
-    )
+    args = SFTConfig(**cpu_trainer_kwargs(tmp_path / "run", max_steps=1, max_length=None))
     trainer = SFTTrainer(model=model, args=args, train_dataset=mixture.dataset, processing_class=processor)
     assert "forward" in model.__dict__  # the trainer's wrapper that made the plain deepcopy wrong
     selector = ICONS(work_dir=str(tmp_path / "c"), **common)

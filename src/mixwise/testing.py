@@ -40,6 +40,7 @@ import itertools
 import os
 import pathlib
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -74,6 +75,7 @@ __all__ = [
     "build_tiny_qwen2_vl",
     "build_tiny_llama",
     "chat_template",
+    "cpu_trainer_kwargs",
     "load_processor",
     "save_tiny_model",
     "toy_corpus",
@@ -521,6 +523,26 @@ def build_tiny_llama(
 
 
 _BUILDERS = {"llava": build_tiny_llava, "qwen2_vl": build_tiny_qwen2_vl, "llama": build_tiny_llama}
+
+
+def cpu_trainer_kwargs(output_dir: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for `TrainingArguments`, `SFTConfig` or `GRPOConfig` that run a tiny model on CPU in a
+    test: fp32, no reporting, no progress bars, no gradient checkpointing, no checkpoints, every dataset column kept
+    (the mixture's `source` and `id`), batch 2, lr 1e-3. `overrides` win."""
+    kwargs: dict[str, Any] = dict(
+        output_dir=os.fspath(output_dir),
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+    )
+    kwargs.update(overrides)
+    return kwargs
 
 
 def save_tiny_model(kind: str, path: str | os.PathLike, seed: int = 0) -> pathlib.Path:

@@ -16,6 +16,7 @@ import numpy as np
 from mixwise import Mixture, attach
 from mixwise.cadc import curate, staged_plan
 from mixwise.distributed import shutdown, state
+from mixwise.testing import cpu_trainer_kwargs
 from mixwise.toy import make_source
 
 FAMILIES = ("count", "colour", "spatial", "ocr")
@@ -62,21 +63,15 @@ def main():
     model = AutoModelForImageTextToText.from_pretrained(a.model_dir)
     processor = AutoProcessor.from_pretrained(a.model_dir)
     args = SFTConfig(
-        output_dir=os.path.join(a.out_dir, "run"),
-        num_train_epochs=1,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="steps" if a.save_steps else "no",
-        save_steps=a.save_steps or 500,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        seed=5,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        gradient_checkpointing=False,
-        max_length=None,
+        **cpu_trainer_kwargs(
+            os.path.join(a.out_dir, "run"),
+            num_train_epochs=1,
+            logging_steps=1,
+            save_strategy="steps" if a.save_steps else "no",
+            save_steps=a.save_steps or 500,
+            seed=5,
+            max_length=None,
+        )
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=mixture.dataset, processing_class=processor)
     consumed = []

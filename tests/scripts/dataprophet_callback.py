@@ -15,6 +15,7 @@ import sys
 from mixwise import Mixture, attach
 from mixwise.dataprophet import DataProphet
 from mixwise.distributed import shutdown, state
+from mixwise.testing import cpu_trainer_kwargs
 from mixwise.toy import make_source
 
 FAMILIES = ("count", "colour", "ocr")
@@ -38,21 +39,7 @@ def main():
     mixture = Mixture(pool(), budget=BUDGET, seed=5)
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     processor = AutoProcessor.from_pretrained(model_dir)
-    args = SFTConfig(
-        output_dir=os.path.join(out_dir, "run"),
-        max_steps=1,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        seed=5,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        gradient_checkpointing=False,
-        max_length=None,
-    )
+    args = SFTConfig(**cpu_trainer_kwargs(os.path.join(out_dir, "run"), max_steps=1, seed=5, max_length=None))
     trainer = SFTTrainer(model=model, args=args, train_dataset=mixture.dataset, processing_class=processor)
     selector = DataProphet(**SETTINGS)
     attach(trainer, mixture, selector=selector, targets=targets(), model_id="tiny-llava")

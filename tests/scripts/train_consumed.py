@@ -14,6 +14,7 @@ import os
 
 from mixwise import FixedWeights, Mixture, attach
 from mixwise.distributed import map_across_ranks, shutdown, state
+from mixwise.testing import cpu_trainer_kwargs
 from mixwise.toy import make_source
 
 WEIGHTS = {"count": 3.0, "colour": 1.0, "spatial": 0.0, "ocr": 0.0}
@@ -73,21 +74,14 @@ def main():
     mixture = Mixture(pool, budget=a.budget, seed=5)
     selector = SplitSelector()
     consumed = []
-    common = dict(
-        output_dir=os.path.join(a.out_dir, "run"),
+    common = cpu_trainer_kwargs(
+        os.path.join(a.out_dir, "run"),
         num_train_epochs=a.epochs,
         max_steps=a.max_steps,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
         logging_steps=1,
         save_strategy="steps" if a.save_steps else "no",
         save_steps=a.save_steps or 500,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
         seed=5,
-        remove_unused_columns=False,
-        disable_tqdm=True,
     )
 
     if a.kind in ("sft", "sft_text"):
@@ -100,7 +94,7 @@ def main():
         else:
             model = AutoModelForCausalLM.from_pretrained(a.model_dir)
             processor = AutoTokenizer.from_pretrained(a.model_dir)
-        args = SFTConfig(gradient_checkpointing=False, max_length=None, **common)
+        args = SFTConfig(max_length=None, **common)
         trainer = SFTTrainer(model=model, args=args, train_dataset=mixture.dataset, processing_class=processor)
         collator = trainer.data_collator
 
@@ -123,7 +117,6 @@ def main():
 
         common.pop("remove_unused_columns")
         args = GRPOConfig(
-            gradient_checkpointing=False,
             num_generations=2,
             max_completion_length=4,
             beta=0.0,
