@@ -52,26 +52,14 @@ PAPER = {"ICONS 20%": 98.6, "random 20%": 95.8}
 def sft_arms(pool, targets, model, processor, budget, seed, work):
     """{arm: Plan} for the SFT comparison (all computed with the same base model)."""
     dp = dict(subsample=64, seed=seed, progress=False)
+    icons = dict(
+        run_warmup=True, warmup_preset="tiny", proj_dim=512, work_dir=str(work / "icons"), progress=False, plots=False
+    )
     selectors = {
         "random 20%": mixwise.RandomSubset(),
-        "ICONS 20%": ICONS(
-            run_warmup=True,
-            warmup_preset="tiny",
-            proj_dim=512,
-            work_dir=str(work / "icons"),
-            progress=False,
-            plots=False,
-        ),
+        "ICONS 20%": ICONS(**icons),
         # the same features (the datastores are reused), the paper's round-robin aggregator instead of the vote
-        "ICONS 20% (round robin)": ICONS(
-            run_warmup=True,
-            warmup_preset="tiny",
-            proj_dim=512,
-            aggregator="round_robin",
-            work_dir=str(work / "icons"),
-            progress=False,
-            plots=False,
-        ),
+        "ICONS 20% (round robin)": ICONS(aggregator="round_robin", **icons),
         "DataProphet 20% (proportional)": DataProphet(DataProphetConfig(**dp)),
         "DataProphet 20% (sharpened, power 8)": DataProphet(DataProphetConfig(sharpen="power", power=8.0, **dp)),
     }

@@ -47,3 +47,28 @@ def tiny_llama_path(tmp_path_factory):
     from mixwise.testing import save_tiny_model
 
     return save_tiny_model("llama", tmp_path_factory.mktemp("zoo") / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin and crawl. Modules that time
+    out otherwise use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def json_llava_path(tmp_path_factory):
+    """Directory of the tiny LLaVA taught to answer with MM-GEN's JSON (`tests/scripts/mmgen_models.py`)."""
+    import sys
+
+    from helpers import SCRIPTS
+
+    sys.path.insert(0, str(SCRIPTS))
+    import mmgen_models
+
+    return mmgen_models.teach_json_llava(tmp_path_factory.mktemp("json-llava"))

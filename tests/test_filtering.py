@@ -14,14 +14,7 @@ from mixwise.encoding import encode_rows, per_sample_nll
 from mixwise.filtering import FilterConfig, FilterReport, filter_rows, near_duplicates, tail_counts
 from mixwise.toy import make_source
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin and crawl."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rows(n_per_family: int = 8, families=("count", "ocr", "chart", "digits", "colour")) -> list[dict]:

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-import torch
 from helpers import SCRIPTS
 
 from mixwise.generation import (
@@ -33,18 +32,7 @@ import mmgen_models  # noqa: E402  (tests/scripts helper: the tiny LLaVA taught 
 TASK = "Answer questions about the colour of the shape."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin and crawl."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="session")
-def json_llava_path(tmp_path_factory):
-    return mmgen_models.taught_llava_path(tmp_path_factory.getbasetemp())
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _setup(n_images: int, n_pairs: int = 3, pool_size: int = 40):

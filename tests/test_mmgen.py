@@ -14,7 +14,6 @@ from collections import Counter
 import datasets
 import numpy as np
 import pytest
-import torch
 from helpers import ROOT, SCRIPTS
 
 from mixwise.cli import main
@@ -31,18 +30,7 @@ import mmgen_models  # noqa: E402  (tests/scripts helper: the tiny LLaVA taught 
 COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "black"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin and crawl."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="session")
-def json_llava_path(tmp_path_factory):
-    return mmgen_models.taught_llava_path(tmp_path_factory.getbasetemp())
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _small(out, **overrides) -> GenerateConfig:

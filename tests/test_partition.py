@@ -5,7 +5,6 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from mixwise.partition import (
@@ -19,14 +18,7 @@ from mixwise.partition import (
 from mixwise.sources import DataError
 from mixwise.toy import COLOURS, SHAPES, make_source
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin and crawl."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _answer(row) -> str:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import tokenizer_of
+from .encoding import to_model, tokenizer_of
 
 __all__ = [
     "EmbeddingConfig",
@@ -202,7 +202,7 @@ class FieldEmbedder:
                 raise ValueError(f"text {j} renders to no tokens: {texts[j]!r}")
         # Batches of similar lengths waste little on padding; the vectors do not depend on the batching.
         order = sorted(range(len(texts)), key=lambda j: len(all_ids[j]))
-        out = np.empty((len(texts), 0), dtype=np.float32)
+        chunks = []
         starts = range(0, len(texts), cfg.batch_size)
         for start in tqdm(starts, desc=desc or "embedding text", disable=not progress, leave=False):
             members = order[start : start + cfg.batch_size]
@@ -223,9 +223,9 @@ class FieldEmbedder:
             else:
                 last = mask.sum(dim=1) - 1
                 pooled = h[torch.arange(len(ids), device=h.device), last]
-            if out.shape[1] == 0:
-                out = np.empty((len(texts), pooled.shape[-1]), dtype=np.float32)
-            out[members] = pooled.cpu().numpy()
+            chunks.append(pooled.cpu().numpy())
+        out = np.empty((len(texts), chunks[0].shape[-1]), dtype=np.float32)
+        out[order] = np.concatenate(chunks)
         return l2_normalize(out).astype(np.float32)
 
     def _decoder(self) -> Any:
@@ -278,13 +278,7 @@ class FieldEmbedder:
         return out
 
     def _image_vectors(self, image_processor: Any, flat: list[Any]) -> np.ndarray:
-        device, dtype = _device_dtype(self.model)
-        inputs = image_processor(flat, return_tensors="pt")
-        inputs = {
-            k: (v.to(device, dtype) if torch.is_floating_point(v) else v.to(device))
-            for k, v in inputs.items()
-            if isinstance(v, torch.Tensor)
-        }
+        inputs = to_model(self.model, image_processor(flat, return_tensors="pt"))
         with torch.no_grad():
             out = self.model.get_image_features(**inputs, output_hidden_states=True, return_dict=True)
         return self.image_vectors(out, len(flat), inputs.get("image_grid_thw"))

@@ -135,23 +135,39 @@ def encode_rows(
     return dict(batch)
 
 
+def to_model(model: Any, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The batch's tensors on the model's device, floating ones in its dtype (non-tensor entries dropped)."""
+    p = next(model.parameters())
+    return {
+        k: (v.to(p.device, p.dtype) if torch.is_floating_point(v) else v.to(p.device))
+        for k, v in batch.items()
+        if isinstance(v, torch.Tensor)
+    }
+
+
+def _answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    """`(batch, seq-1)`: whether position t+1 holds an answer token (predicted from position t)."""
+    mask = labels[:, 1:] != IGNORE_INDEX
+    if bool((mask.sum(dim=1) == 0).any()):
+        raise ValueError("a sample has no answer tokens in its labels")
+    return mask
+
+
+def _mean_answer_nll(answer_logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean NLL from the logits at the answer-predicting positions only (`(Σ mask, vocab)`, row-major)."""
+    token_nll = torch.nn.functional.cross_entropy(answer_logits.float(), labels[:, 1:][mask], reduction="none")
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(mask)[mask]
+    sums = torch.zeros(labels.shape[0], dtype=token_nll.dtype, device=token_nll.device)
+    return sums.index_add(0, rows, token_nll) / mask.sum(dim=1)
+
+
 def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood over each sample's own answer tokens, shape `(batch,)`.
 
     `nll_i = −(1/|A_i|) Σ_{t∈A_i} log p(y_t | y_<t)` — never the batch-mean over all tokens of a padded batch.
     """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    token_nll = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.clamp(min=0).reshape(-1),
-        reduction="none",
-    ).view(shift_labels.shape)
-    counts = mask.sum(dim=1)
-    if bool((counts == 0).any()):
-        raise ValueError("a sample has no answer tokens in its labels")
-    return (token_nll * mask).sum(dim=1) / counts
+    mask = _answer_mask(labels)
+    return _mean_answer_nll(logits[:, :-1][mask], labels, mask)
 
 
 @functools.lru_cache(maxsize=64)
@@ -177,21 +193,14 @@ def answer_nll(model: Any, inputs: Mapping[str, Any], labels: torch.Tensor) -> t
     activation memory — runs on those rows only. The values equal [`per_sample_nll`] on the full logits. A model
     whose forward has no `logits_to_keep`, or ignores a boolean mask, gets the full logits.
     """
-    target_mask = labels[:, 1:] != IGNORE_INDEX
-    counts = target_mask.sum(dim=1)
-    if bool((counts == 0).any()):
-        raise ValueError("a sample has no answer tokens in its labels")
+    mask = _answer_mask(labels)
     if forward_takes(model, "logits_to_keep"):
         keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = target_mask  # position t predicts token t+1
+        keep[:, :-1] = mask
         out = model(**inputs, logits_to_keep=keep)
-        logits = out.logits
-        if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
-            token_nll = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][target_mask], reduction="none")
-            rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target_mask)
-            sums = torch.zeros(labels.shape[0], dtype=token_nll.dtype, device=token_nll.device)
-            return sums.index_add(0, rows[target_mask], token_nll) / counts, out
-        if logits.dim() == 3 and logits.shape[:2] == labels.shape:  # the mask was not applied: full logits
-            return per_sample_nll(logits, labels), out
+        if out.logits.dim() == 2 and out.logits.shape[0] == int(keep.sum()):
+            return _mean_answer_nll(out.logits, labels, mask), out
+        if out.logits.dim() == 3 and out.logits.shape[:2] == labels.shape:  # the mask was not applied: full logits
+            return per_sample_nll(out.logits, labels), out
     out = model(**inputs)
     return per_sample_nll(out.logits, labels), out

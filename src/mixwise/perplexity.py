@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import answer_nll, encode_rows, forward_takes
+from .encoding import answer_nll, encode_rows, forward_takes, to_model
 from .sources import DataError
 
 __all__ = ["PerplexityConfig", "dataset_perplexity", "forward_nll", "sample_nll"]
@@ -51,15 +51,6 @@ class PerplexityConfig:
         return d
 
 
-def _to_model(model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
-    p = next(model.parameters())
-    return {
-        k: (v.to(p.device, p.dtype) if torch.is_floating_point(v) else v.to(p.device))
-        for k, v in batch.items()
-        if isinstance(v, torch.Tensor)
-    }
-
-
 def _image_feature_keys(model: Any, inputs: Mapping[str, Any]) -> list[str] | None:
     """The batch keys to hand to `model.get_image_features`, or `None` when the model cannot take precomputed image
     features in its forward (`mm_encoder_outputs`)."""
@@ -83,7 +74,7 @@ def forward_nll(model: Any, batch: Mapping[str, Any], image_features: bool = Fal
     `image_outputs` is `None` when not asked for or when the model has no such input (then embed the images
     separately).
     """
-    inputs = _to_model(model, batch)
+    inputs = to_model(model, batch)
     labels = inputs.pop("labels")
     image_out = None
     keys = _image_feature_keys(model, inputs) if image_features else None

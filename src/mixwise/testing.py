@@ -360,8 +360,8 @@ def build_llava(
     vocab_size: int | None = None,
     name: str = _NAMES["llava"],
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """A random LLaVA of any size (CLIP tower + GELU projector + Llama) with its processor: ``(image_size / patch_size)^2`` image tokens per image. `vocab_size` larger than the
-    tokenizer's pads the embedding and LM head to a realistic vocabulary (e.g. 32000, as Llama/LLaVA-1.5) so that
+    """A random LLaVA of any size (CLIP tower + GELU projector + Llama) with its processor, giving
+    ``(image_size / patch_size)^2`` image tokens per image. `vocab_size` larger than the tokenizer's pads the embedding and LM head to a realistic vocabulary (e.g. 32000, as Llama/LLaVA-1.5) so that
     benchmarks pay a realistic LM-head cost; the extra rows are never produced by the tokenizer. The defaults are
     [`build_tiny_llava`]'s sizes."""
     tokenizer = _fresh_tokenizer(tokenizer, name, chat_template(LLAVA_IMAGE_TOKEN))

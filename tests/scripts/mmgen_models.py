@@ -74,15 +74,5 @@ def teach_json_llava(out_dir: str | Path, steps: int = 100, seed: int = 0) -> Pa
     return out
 
 
-_TAUGHT: dict[str, Path] = {}
-
-
-def taught_llava_path(root: str | Path) -> Path:
-    """`teach_json_llava` once per process (shared by the test modules' session fixtures), under `root`."""
-    if "path" not in _TAUGHT:
-        _TAUGHT["path"] = teach_json_llava(Path(root) / "json-llava")
-    return _TAUGHT["path"]
-
-
 if __name__ == "__main__":
     teach_json_llava(sys.argv[1])
