@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from mixwise.dataprophet import DataProphet, DataProphetConfig
-from mixwise.encoding import encode_rows
-from mixwise.perplexity import forward_nll
+from mixwise.signals.encoding import encode_rows
+from mixwise.signals.perplexity import forward_nll
 from mixwise.testing import build_llava, build_tiny_llava
 from mixwise.toy import make_source
 
@@ -69,8 +69,8 @@ def main() -> None:
 
     def score():
         settings = DataProphetConfig(subsample=None, progress=False, n_clusters=10)
-        settings.perplexity.batch_size = a.batch_size
-        settings.embedding.batch_size = a.batch_size
+        settings.batch_size = a.batch_size
+        settings.embedding_batch_size = a.batch_size
         DataProphet(settings).score({"chart": source}, {"count": target}, model, processor, model_id="bench")
 
     def timed(fn):

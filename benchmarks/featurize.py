@@ -53,8 +53,8 @@ LLAVA_SHAPE = dict(
 def build(r: int, dropout: float = 0.0):
     from peft import get_peft_model
 
+    from mixwise.signals.warmup import WarmupConfig, lora_config
     from mixwise.testing import build_llava
-    from mixwise.warmup import WarmupConfig, lora_config
 
     model, processor = build_llava(seed=0, **LLAVA_SHAPE)
     with torch.random.fork_rng(devices=[]):
@@ -125,9 +125,9 @@ def dense_matrix(proj):
 
 
 def worker(method: str, a) -> dict:
-    from mixwise.encoding import encode_rows, per_sample_nll
-    from mixwise.gradients import FeaturizerConfig, GradientFeaturizer
-    from mixwise.projection import BlockProjector, ProjectorSpec
+    from mixwise.signals.encoding import encode_rows, per_sample_nll
+    from mixwise.signals.gradients import FeaturizerConfig, GradientFeaturizer
+    from mixwise.signals.projection import BlockProjector, ProjectorSpec
 
     torch.manual_seed(0)
     model, processor = build(a.r)

@@ -29,8 +29,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
-from mixwise.datastore import Datastore  # noqa: E402
-from mixwise.influence import AGGREGATORS, aggregate, combine_influence, stream_scores, task_means  # noqa: E402
+from mixwise.icons.aggregation import AGGREGATORS, aggregate  # noqa: E402
+from mixwise.signals.datastore import Datastore  # noqa: E402
+from mixwise.signals.influence import combine_influence, stream_scores, task_means  # noqa: E402
 
 
 def build(a) -> None:

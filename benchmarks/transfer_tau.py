@@ -45,10 +45,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from mixwise.dataprophet import ABLATIONS, PAPER_ABLATION_TAU, DataProphet, DataProphetConfig  # noqa: E402
-from mixwise.embeddings import EmbeddingConfig, bundled_text_encoder_path  # noqa: E402
-from mixwise.encoding import encode_rows, tokenizer_of  # noqa: E402
+from mixwise.dataprophet.tau import Matrix, evaluate_tau  # noqa: E402
 from mixwise.plan import Plan  # noqa: E402
-from mixwise.tau import Matrix, evaluate_tau  # noqa: E402
+from mixwise.signals.embeddings import bundled_text_encoder_path  # noqa: E402
+from mixwise.signals.encoding import encode_rows, tokenizer_of  # noqa: E402
 from mixwise.toy import FAMILIES, make_source  # noqa: E402
 
 PAPER = {"mean_target": 0.863, "mean_source": 0.857, "headline": 0.860}
@@ -256,10 +256,10 @@ def main(argv=None) -> dict:
                 subsample=size.subsample,
                 seed=a.seed,
                 progress=False,
-                embedding=EmbeddingConfig(text_encoder=bundled_text_encoder_path()),
+                text_encoder=bundled_text_encoder_path(),
             )
         )
-        st._memory = selector._memory  # reuse the perplexity and image signals
+        st.computer.memory = selector.computer.memory  # reuse the perplexity and image signals
         minilm = st.score(sources, validation, model, processor, model_id=f"transfer-tau-base-{a.seed}")
     except ImportError as err:
         print(f"(skipping the sentence-transformers variant: {err})")
@@ -310,7 +310,7 @@ def main(argv=None) -> dict:
             ("temperature 0.05", {"sharpen": "temperature", "temperature": 0.05}),
         ):
             sharp = DataProphet(DataProphetConfig(subsample=size.subsample, seed=a.seed, progress=False, **cfg))
-            sharp._memory = selector._memory
+            sharp.computer.memory = selector.computer.memory
             r = sharp.score(sources, validation, model, processor, model_id=f"transfer-tau-base-{a.seed}")
             rules[f"sharpened, {label}"] = r.weights()
         for k, (label, weights) in enumerate(rules.items()):

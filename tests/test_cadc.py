@@ -26,7 +26,7 @@ from mixwise.cadc import (
     subtask_means,
     trajectory_influence,
 )
-from mixwise.selectors import SELECTORS
+from mixwise.registry import SELECTORS
 from mixwise.toy import make_source
 
 D, T = 32, 3
@@ -185,7 +185,7 @@ def targets():
 def test_selector_end_to_end_reuses_icons_stores_and_reports(tiny_llava_path, tmp_path):
     from mixwise.icons import ICONS
     from mixwise.report import build_report
-    from mixwise.warmup import WarmupConfig, run_warmup
+    from mixwise.signals.warmup import WarmupConfig, run_warmup
 
     pool = {f: make_source(f, n, seed=1) for f, n in POOL.items()}
     warm = tmp_path / "warmup"

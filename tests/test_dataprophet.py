@@ -18,6 +18,7 @@ from mixwise.dataprophet import (
     DataProphetConfig,
     DataProphetInstances,
     DataProphetResult,
+    SignalComputer,
     Terms,
     combine_targets,
     instance_scores,
@@ -25,11 +26,11 @@ from mixwise.dataprophet import (
     select_instances,
     sharpen_scores,
 )
-from mixwise.embeddings import FieldEmbedder, field_similarity
-from mixwise.perplexity import dataset_perplexity, sample_nll
+from mixwise.dataprophet.tau import Matrix
 from mixwise.plan import Plan
+from mixwise.signals.embeddings import FieldEmbedder, field_similarity
+from mixwise.signals.perplexity import dataset_perplexity, sample_nll
 from mixwise.sources import DataError, extract_fields
-from mixwise.tau import Matrix
 from mixwise.toy import corrupt_rows, make_source
 
 FAMILIES = ("count", "colour", "ocr")
@@ -112,7 +113,7 @@ def test_scored_terms_agree_with_their_definitions(scored):
         assert r.ppl_source[s] == pytest.approx(dataset_perplexity(entries[("source", s, "nll")]["nll"]))
         assert -1 <= r.silhouette[s] <= 1 and 0 <= r.entropy[s] <= 1
     assert r.n_rows["source"] == {f: 16 for f in FAMILIES} and r.n_rows["target"] == {f: 10 for f in FAMILIES}
-    assert len(dp._memory) == 18  # 6 datasets x (nll, text, image)
+    assert len(dp.computer.memory) == 18  # 6 datasets x (nll, text, image)
     # directional: swapping source and target gives a different score
     m = r.metric()
     assert m["count", "colour"] != pytest.approx(m["colour", "count"])
@@ -145,7 +146,7 @@ def test_one_pass_per_row_gives_each_signal_as_computed_alone(scored, tiny_llava
 
 def _entries(dp):
     """(meta, arrays) of every signal the selector holds (meta names the dataset, its role and the signal)."""
-    return list(dp._memory.values())
+    return list(dp.computer.memory.values())
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -156,13 +157,13 @@ def _entries(dp):
 def test_adding_a_target_computes_only_that_targets_signals(tiny_llava, tmp_path, monkeypatch):
     model, processor = tiny_llava
     calls = []
-    original = DataProphet._compute_rows
+    original = SignalComputer.compute_rows
 
     def spy(self, job, ids, *args):
         calls.append((job.role, job.name, job.kind))
         return original(self, job, ids, *args)
 
-    monkeypatch.setattr(DataProphet, "_compute_rows", spy)
+    monkeypatch.setattr(SignalComputer, "compute_rows", spy)
     cache = tmp_path / "cache"
     src = pool(16)
     first = DataProphet(subsample=12, cache_dir=str(cache), progress=False)
@@ -193,9 +194,9 @@ def test_adding_a_target_computes_only_that_targets_signals(tiny_llava, tmp_path
     )
     assert len(calls) > 0 and {c[1] for c in calls} == set(FAMILIES)
     calls.clear()  # another signal configuration (text pooling): only the text signals are recomputed
-    DataProphet(
-        DataProphetConfig(subsample=12, cache_dir=str(cache), progress=False, embedding={"text_pooling": "last"})
-    ).score(src, targets(8), model, processor, model_id="tiny-llava")
+    DataProphet(DataProphetConfig(subsample=12, cache_dir=str(cache), progress=False, text_pooling="last")).score(
+        src, targets(8), model, processor, model_id="tiny-llava"
+    )
     assert {c[2] for c in calls} == {"text"}
 
 
@@ -323,7 +324,7 @@ def test_text_only_model_with_the_image_term_off(tiny_llama):
     tgt = {f: text(ds) for f, ds in targets(6).items()}
     with pytest.raises(DataError, match="source 'count'.*field 'images'.*isim"):
         DataProphet(progress=False).score(src, tgt, model, tok)
-    r = DataProphet(progress=False, terms=Terms.without("isim")).score(src, tgt, model, tok)
+    r = DataProphet(progress=False, **Terms.without("isim").flags()).score(src, tgt, model, tok)
     assert r.isim is None and np.all(r.factors()["isim"].values == 1)
     assert np.all(np.isfinite(r.metric().values))
 
@@ -425,7 +426,7 @@ def test_empty_source_and_truncated_answer(tiny_llava):
     long = make_source("count", 12, split="train", seed=1).map(
         lambda r, i: {"messages": r["messages"] if i != 4 else _long_question(r["messages"])}, with_indices=True
     )
-    cfg = {"perplexity": {"max_length": 40}}
+    cfg = {"max_length": 40}
     with pytest.raises(DataError, match=r"source 'count', row 4, field 'messages'.*exceed max_length=40"):
         DataProphet(DataProphetConfig(progress=False, **cfg)).score({"count": long}, targets(6), model, processor)
     r = DataProphet(DataProphetConfig(progress=False, on_error="skip", **cfg)).score(

@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import SCRIPTS
 
-from mixwise.datastore import Datastore, DatastoreMismatch, fill_store
-from mixwise.gradients import FeatureResult
+from mixwise.signals.datastore import Datastore, DatastoreMismatch, fill_store
+from mixwise.signals.gradients import FeatureResult
 
 IDENTITY = {
     "model": "org/model",

@@ -7,7 +7,7 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from mixwise.diversity import cluster_entropy, diversity, sample_vectors
+from mixwise.signals.diversity import cluster_entropy, diversity, sample_vectors
 
 
 def blobs(sizes, dim=8, spread=0.01, seed=0):

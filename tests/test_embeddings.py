@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from mixwise.embeddings import (
+from mixwise.signals.embeddings import (
     EmbeddingConfig,
     FieldEmbedder,
     bundled_text_encoder_path,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mixwise.encoding import IGNORE_INDEX, encode_rows, per_sample_nll
+from mixwise.signals.encoding import IGNORE_INDEX, encode_rows, per_sample_nll
 from mixwise.sources import DataError
 from mixwise.toy import make_source
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mixwise.encoding import encode_rows, per_sample_nll
-from mixwise.filtering import FilterConfig, FilterReport, filter_rows, near_duplicates, tail_counts
+from mixwise.mmgen import FilterConfig, FilterReport, filter_rows, near_duplicates, tail_counts
+from mixwise.signals.encoding import encode_rows, per_sample_nll
 from mixwise.toy import make_source
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

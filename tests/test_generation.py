@@ -12,18 +12,21 @@ import time
 import pytest
 from helpers import SCRIPTS
 
-from mixwise.generation import (
+from mixwise.mmgen import (
+    FixedFeatureEncoder,
     GenerationLog,
+    ImagePool,
     LocalVLMGenerator,
     OpenAIChatGenerator,
     ScriptedGenerator,
     collect_rows,
     make_items,
     parse_pairs,
+    partition_reference,
+    retrieve_candidates,
     run_generation,
 )
-from mixwise.mmgen_server import ChatServer, ModelBackend, ScriptedBackend
-from mixwise.partition import FixedFeatureEncoder, ImagePool, partition_reference, retrieve_candidates
+from mixwise.mmgen.server import ChatServer, ModelBackend, ScriptedBackend
 from mixwise.toy import make_source
 
 sys.path.insert(0, str(SCRIPTS))
@@ -305,7 +308,7 @@ def test_timeouts_are_errors_not_hangs(tmp_path):
 
 
 def test_connection_errors_are_retried_then_recorded():
-    from mixwise.generation import GenerationRequest
+    from mixwise.mmgen import GenerationRequest
     from mixwise.toy import make_source as toy
 
     gen = OpenAIChatGenerator(f"http://127.0.0.1:{_free_port()}", "nobody", max_retries=2, backoff=0.01, timeout=5)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from mixwise.encoding import encode_rows, per_sample_nll
-from mixwise.gradients import (
+from mixwise.signals.encoding import encode_rows, per_sample_nll
+from mixwise.signals.gradients import (
     AdamState,
     FeaturizerConfig,
     GradientFeaturizer,
@@ -15,10 +15,10 @@ from mixwise.gradients import (
     adam_transform,
     find_lora_layers,
 )
-from mixwise.projection import BlockProjector, KroneckerProjector, ProjectorSpec
+from mixwise.signals.projection import BlockProjector, KroneckerProjector, ProjectorSpec
+from mixwise.signals.warmup import WarmupConfig, lora_config
 from mixwise.sources import DataError
 from mixwise.toy import make_source
-from mixwise.warmup import WarmupConfig, lora_config
 
 RAW = ProjectorSpec(kind="none", dim=1)
 

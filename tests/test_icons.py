@@ -12,14 +12,14 @@ from helpers import read_json, run_distributed
 from PIL import Image
 
 from mixwise import Mixture, Plan, attach, select_mixture
-from mixwise.datastore import Datastore
 from mixwise.icons import ICONS, ICONSConfig
-from mixwise.influence import aggregate
-from mixwise.selectors import SELECTORS
+from mixwise.icons.aggregation import aggregate
+from mixwise.registry import SELECTORS
+from mixwise.signals.datastore import Datastore
+from mixwise.signals.warmup import WarmupConfig, WarmupResult, run_warmup
 from mixwise.sources import DataError
 from mixwise.testing import cpu_trainer_kwargs
 from mixwise.toy import make_source
-from mixwise.warmup import WarmupConfig, WarmupResult, run_warmup
 
 POOL = {"count": 8, "colour": 6, "ocr": 8}  # the same pool as tests/scripts/icons_select.py
 

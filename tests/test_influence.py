@@ -3,17 +3,9 @@
 import numpy as np
 import pytest
 
-from mixwise.datastore import Datastore
-from mixwise.influence import (
-    aggregate,
-    combine_influence,
-    doubled_rank_sum,
-    stream_scores,
-    task_means,
-    top_set_overlap,
-    vote_counts,
-    vote_histogram,
-)
+from mixwise.icons.aggregation import aggregate, doubled_rank_sum, top_set_overlap, vote_counts, vote_histogram
+from mixwise.signals.datastore import Datastore
+from mixwise.signals.influence import combine_influence, stream_scores, task_means
 
 # Dyadic values, so that sums are exact and the hand computations below hold bit for bit.
 S = np.array(

@@ -17,11 +17,18 @@ import pytest
 from helpers import ROOT, SCRIPTS
 
 from mixwise.cli import main
-from mixwise.configs import GenerateConfig
-from mixwise.generation import GenerationLog, LocalVLMGenerator
 from mixwise.mixture import Mixture
-from mixwise.mmgen import PROVENANCE_COLUMNS, features, load_pool, run_mmgen, run_pipeline
-from mixwise.mmgen_server import ChatServer, ModelBackend
+from mixwise.mmgen import (
+    PROVENANCE_COLUMNS,
+    GenerationLog,
+    LocalVLMGenerator,
+    features,
+    load_pool,
+    run_mmgen,
+    run_pipeline,
+)
+from mixwise.mmgen.config import GenerateConfig
+from mixwise.mmgen.server import ChatServer, ModelBackend
 from mixwise.toy import make_source
 
 sys.path.insert(0, str(SCRIPTS))

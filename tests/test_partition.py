@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mixwise.partition import (
+from mixwise.mmgen import (
     FixedFeatureEncoder,
     ImagePool,
     TransformersImageTextEncoder,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mixwise.embeddings import EmbeddingConfig, FieldEmbedder
-from mixwise.encoding import encode_rows, per_sample_nll
-from mixwise.perplexity import PerplexityConfig, dataset_perplexity, forward_nll, sample_nll
+from mixwise.signals.embeddings import EmbeddingConfig, FieldEmbedder
+from mixwise.signals.encoding import encode_rows, per_sample_nll
+from mixwise.signals.perplexity import PerplexityConfig, dataset_perplexity, forward_nll, sample_nll
 from mixwise.sources import DataError
 from mixwise.toy import make_source
 

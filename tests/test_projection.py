@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mixwise.projection import BlockProjector, KroneckerProjector, ProjectorSpec, derive_seed, jl_epsilon, normalize
+from mixwise.fingerprint import derive_seed
+from mixwise.signals.projection import BlockProjector, KroneckerProjector, ProjectorSpec, jl_epsilon, normalize
 
 
 def unit_pairs(n_pairs: int, dim: int, seed: int = 0):
@@ -92,7 +93,7 @@ def test_same_projection_in_another_process():
     x = torch.arange(300 * 2, dtype=torch.float32).reshape(2, 300) / 600
     here = BlockProjector(300, spec).project(x).numpy().tobytes().hex()
     code = (
-        "import torch\nfrom mixwise.projection import BlockProjector, ProjectorSpec\n"
+        "import torch\nfrom mixwise.signals.projection import BlockProjector, ProjectorSpec\n"
         "x = torch.arange(600, dtype=torch.float32).reshape(2, 300) / 600\n"
         "print(BlockProjector(300, ProjectorSpec(dim=32, seed=11, block_rows=64)).project(x).numpy().tobytes().hex())"
     )

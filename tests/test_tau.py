@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import kendalltau
 
 from mixwise.cli import main
-from mixwise.tau import Matrix, evaluate_tau, kendall_tau
+from mixwise.dataprophet.tau import Matrix, evaluate_tau, kendall_tau
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "data" / "dataprophet_paper"
 

@@ -114,12 +114,9 @@ def test_determinism_and_seed_sensitivity():
 
 def test_determinism_across_processes():
     """Same arguments give byte-identical rows in a fresh process with another hash salt (hash() is not used)."""
-    # load toy.py by path so the child does not pay for importing the rest of the package
     script = (
-        "import hashlib, importlib.util, sys\n"
-        "spec = importlib.util.spec_from_file_location('toy_child', sys.argv[1])\n"
-        "toy = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(toy)\n"
+        "import hashlib, sys\n"
+        "import mixwise.toy as toy\n"
         "for f in toy.FAMILIES:\n"
         "    ds = toy.make_source(f, 6, split='test', seed=11, fmt='rl')\n"
         "    h = hashlib.sha256(repr([ds['answer'], [p[0]['content'][1]['text'] for p in ds['prompt']]]).encode())\n"

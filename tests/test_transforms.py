@@ -4,23 +4,27 @@ import datasets
 from helpers import text_sources
 
 from mixwise import Mixture, MixtureSampler, Plan, RandomSubset, Uniform, add_scores, apply_plan, select_mixture
-from mixwise.transforms import TextLengthScorer
+from mixwise.sources import extract_fields
 
 
-class CountingScorer(TextLengthScorer):
+class CountingScorer:
+    """A model-free `Scorer`: the answer's length in characters (+ `extra`), counting its calls."""
+
+    name = "answer_length"
+    columns = ("a_chars",)
+    model_id = None
+
     def __init__(self, extra: int = 0):
-        super().__init__()
         self.calls = 0
         self.extra = extra
 
     def config(self):
-        return {**super().config(), "extra": self.extra}
+        return {"columns": list(self.columns), "extra": self.extra}
 
     def __call__(self, batch, indices):
         self.calls += 1
-        out = super().__call__(batch, indices)
-        out["a_chars"] = [a + self.extra for a in out["a_chars"]]
-        return out
+        rows = [{k: batch[k][j] for k in batch} for j in range(len(indices))]
+        return {"a_chars": [len(extract_fields(row).answer) + self.extra for row in rows]}
 
 
 def test_add_scores_hits_cache_on_second_run(tmp_path):

@@ -11,9 +11,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
 
 from mixwise import Mixture
-from mixwise.encoding import encode_rows
-from mixwise.toy import make_source
-from mixwise.warmup import (
+from mixwise.models import load_model
+from mixwise.signals.encoding import encode_rows
+from mixwise.signals.warmup import (
     OPTIMIZER_NAMES_FILE,
     WarmupConfig,
     _optimizer_names_callback,
@@ -21,11 +21,11 @@ from mixwise.warmup import (
     checkpoint_lr_weights,
     language_model_linear_names,
     load_adam_state,
-    load_base_model,
     run_warmup,
     trainer_optimizer_order,
     warmup_rows,
 )
+from mixwise.toy import make_source
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -110,7 +110,7 @@ def test_warmup_checkpoints_keep_optimizer_state(warm, tiny_llava_path):
 
 def test_adapter_attached_once_unmerged(warm, tiny_llava_path):
     result, _, _ = warm
-    base, _ = load_base_model(str(tiny_llava_path))
+    base, _ = load_model(str(tiny_llava_path))
     model = attach_adapter(base, result.checkpoints[-1].path)
     layers = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
     assert len(layers) == 8 and not any(m.merged for m in layers)

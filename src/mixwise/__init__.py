@@ -35,10 +35,13 @@ _LAZY = {
     "MixtureTrainerMixin": "trainer",
     "attach": "trainer",
     "mixture_trainer_class": "trainer",
+    "add_columns": "transforms",
     "add_scores": "transforms",
     "apply_plan": "transforms",
     "select_mixture": "transforms",
-    "transform_fingerprint": "transforms",
+    "transform_fingerprint": "fingerprint",
+    "SELECTORS": "registry",
+    "make_selector": "registry",
     "DataProphet": "dataprophet",
     "DataProphetInstances": "dataprophet",
     "ICONS": "icons",
@@ -64,11 +67,13 @@ if TYPE_CHECKING:
     from .cadc import CADC
     from .callback import SelectionCallback
     from .dataprophet import DataProphet, DataProphetInstances
+    from .fingerprint import transform_fingerprint
     from .icons import ICONS
     from .mixture import Mixture
     from .plan import Plan, SourcePlan, allocate
+    from .registry import SELECTORS, make_selector
     from .sampler import MixtureSampler, RepeatMixtureSampler
     from .selectors import FixedWeights, RandomSubset, SelectionContext, Selector, Uniform
     from .sources import DataError, Fields, Source, extract_fields, load_source, validate_source
     from .trainer import MixtureTrainerMixin, attach, mixture_trainer_class
-    from .transforms import add_scores, apply_plan, select_mixture, transform_fingerprint
+    from .transforms import add_columns, add_scores, apply_plan, select_mixture

@@ -14,26 +14,13 @@ from typing import Any
 from transformers import TrainerCallback
 
 from . import distributed
+from .fingerprint import model_id_of
 from .mixture import Mixture
+from .models import eval_mode
 from .plan import MANIFEST_NAME, Plan
 from .selectors import SelectionContext, Selector
 
 logger = logging.getLogger(__name__)
-
-
-def model_id_of(model: Any) -> str | None:
-    """`name_or_path@revision` of a transformers model (peft-wrapped or not), for fingerprints."""
-    if model is None:
-        return None
-    config = getattr(model, "config", None)
-    base = getattr(model, "get_base_model", None)
-    if base is not None:
-        config = getattr(base(), "config", config)
-    if config is None:
-        return type(model).__name__
-    name = getattr(config, "_name_or_path", "") or type(model).__name__
-    revision = getattr(config, "_commit_hash", None)
-    return f"{name}@{revision}" if revision else name
 
 
 class SelectionCallback(TrainerCallback):
@@ -85,14 +72,8 @@ class SelectionCallback(TrainerCallback):
                 targets=self.targets,
                 model_id=self.model_id or model_id_of(model),
             )
-            was_training = bool(getattr(model, "training", False))
-            if model is not None:
-                model.eval()
-            try:
+            with eval_mode(model):
                 plan = self.selector.select(context)
-            finally:
-                if model is not None and was_training:
-                    model.train()
         plan = distributed.broadcast(plan)
         self.mixture.set_plan(plan)
         self.plan = plan
@@ -124,3 +105,6 @@ class SelectionCallback(TrainerCallback):
             if os.path.isdir(ckpt):
                 self.plan.save(os.path.join(ckpt, MANIFEST_NAME))
         return control
+
+
+__all__ = ["SelectionCallback"]

@@ -19,6 +19,27 @@ def state():
     return PartialState()
 
 
+def init_state() -> None:
+    """Start accelerate's state for the launcher's processes (`torchrun` / `accelerate launch`).
+
+    On a CPU-only machine under `torchrun`, accelerate only sets up the (gloo) process group when asked with
+    `cpu=True`; a state already made without it would leave every process computing everything, so that is
+    refused.
+    """
+    import os
+
+    import torch
+    from accelerate import PartialState
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    st = PartialState(cpu=not torch.cuda.is_available()) if world > 1 else PartialState()
+    if world > 1 and st.num_processes != world:
+        raise RuntimeError(
+            f"WORLD_SIZE={world} but accelerate's state has {st.num_processes} process(es): it was initialised before "
+            "without multi-process support (on CPU, create `PartialState(cpu=True)` first)"
+        )
+
+
 def is_main_process() -> bool:
     return state().is_main_process
 

@@ -14,7 +14,8 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .plan import Plan, stable_seed
+from .fingerprint import stable_seed
+from .plan import Plan
 from .sources import SkipReport, Source, as_sources, validate_source
 
 

@@ -15,7 +15,6 @@ the library version, so that a run can be reproduced and audited. `Plan.from_jso
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .files import atomic_write_text, json_default
+from .fingerprint import stable_seed
 
 MANIFEST_NAME = "selection.json"
 
@@ -76,17 +78,6 @@ def allocate(weights: Mapping[str, float], budget: int) -> dict[str, int]:
         for i in order[:leftover]:
             counts[i] += 1
     return {n: int(c) for n, c in zip(names, counts)}
-
-
-def stable_seed(*parts: Any) -> np.random.SeedSequence:
-    """A seed sequence derived from strings/ints, identical in every process (unlike Python's salted `hash`)."""
-    words = []
-    for p in parts:
-        if isinstance(p, int | np.integer):
-            words.append(int(p) & 0xFFFFFFFF)
-        else:
-            words.append(int.from_bytes(hashlib.sha256(str(p).encode()).digest()[:4], "little"))
-    return np.random.SeedSequence(words)
 
 
 @dataclass
@@ -288,7 +279,7 @@ class Plan:
         )
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, default=_json_default)
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, default=json_default)
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -302,11 +293,7 @@ class Plan:
             path = os.path.join(path, MANIFEST_NAME)
         else:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)  # atomic: a crash never leaves half a manifest
-        return path
+        return atomic_write_text(path, self.to_json())  # a crash never leaves half a manifest
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
@@ -319,16 +306,6 @@ class Plan:
 
 def _drop_rows(s: SourcePlan) -> dict[str, Any]:
     return {"weight": s.weight, "count": s.count, "size": s.size, "repeated": s.repeated}
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"cannot serialize {type(o).__name__} in a manifest")
 
 
 def _check_sizes(sizes: Mapping[str, int], used: Mapping[str, Any]) -> None:

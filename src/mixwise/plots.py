@@ -1,65 +1,97 @@
-"""Plots written to files (matplotlib, headless `Agg` backend): the DataProphet metric heatmap."""
+"""Figures drawn headless (matplotlib's `Agg` canvas, no pyplot state): one heatmap drawer for every matrix mixwise
+shows — DataProphet's M(source → target), ICONS's top-set overlaps, CADC's subtask similarity, the report's maps —
+saved as PNG files or embedded in the HTML report as data URIs.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from .tau import Matrix
-
-__all__ = ["heatmap"]
+__all__ = ["figure", "figure_data_uri", "heatmap", "heatmap_figure", "save_figure"]
 
 
-def heatmap(
-    matrix: Matrix,
-    path: str | os.PathLike,
-    title: str = "DataProphet M(source → target)",
-    xlabel: str = "target",
-    ylabel: str = "source (training data)",
-    annotate: bool = True,
-    cmap: str = "viridis",
-) -> str:
-    """Write `matrix` as a PNG heatmap (rows on the y axis, columns on the x axis, values in the cells).
-
-    Returns the path written.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    values = np.asarray(matrix.values, dtype=np.float64)
-    n_rows, n_cols = values.shape
-    fig, ax = plt.subplots(figsize=(1.6 + 0.75 * n_cols, 1.4 + 0.5 * n_rows), dpi=120)
+def figure(width: float, height: float) -> Any:
+    """A matplotlib `Figure` on an `Agg` canvas (no display, no global pyplot state)."""
     try:
-        im = ax.imshow(values, cmap=cmap, aspect="auto")
-        ax.set_xticks(range(n_cols), matrix.cols, rotation=45, ha="right")
-        ax.set_yticks(range(n_rows), matrix.rows)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        if annotate and values.size <= 400:
-            finite = values[np.isfinite(values)]
-            mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-            for i in range(n_rows):
-                for j in range(n_cols):
-                    v = values[i, j]
-                    colour = "black" if np.isfinite(v) and v > mid else "white"
-                    ax.text(
-                        j,
-                        i,
-                        f"{v:.2g}" if abs(v) < 0.01 else f"{v:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color=colour,
-                    )
-        fig.tight_layout()
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:  # matplotlib is optional
+        raise ImportError(f"plots need matplotlib: pip install 'mixwise[report]' ({err})") from None
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def heatmap_figure(
+    values: Any,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    annotate: bool = True,
+    cell_format: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "viridis",
+    colorbar_label: str | None = None,
+    separators: Sequence[float] = (),
+) -> Any:
+    """A heatmap of `values` (`len(rows) × len(cols)`): rows on the y axis, columns on the x axis, each cell
+    annotated (up to 400 cells) with `cell_format` (default: two decimals, two significant digits below 0.01) in a
+    colour readable on its background. `separators` draws lines between groups (after those row/column positions)."""
+    values = np.asarray(values, dtype=np.float64)
+    n_rows, n_cols = values.shape
+    if (n_rows, n_cols) != (len(rows), len(cols)):
+        raise ValueError(f"a {values.shape} matrix with {len(rows)} row and {len(cols)} column labels")
+    fig = figure(1.8 + 0.75 * n_cols, 1.4 + 0.5 * n_rows)
+    ax = fig.add_subplot()
+    im = ax.imshow(values, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(n_cols), list(cols), rotation=45, ha="right")
+    ax.set_yticks(range(n_rows), list(rows))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=colorbar_label)
+    if annotate and values.size <= 400:
+        finite = values[np.isfinite(values)]
+        lo = vmin if vmin is not None else (finite.min() if finite.size else 0.0)
+        hi = vmax if vmax is not None else (finite.max() if finite.size else 0.0)
+        mid = (lo + hi) / 2
+        for i in range(n_rows):
+            for j in range(n_cols):
+                v = values[i, j]
+                text = cell_format.format(v) if cell_format else (f"{v:.2g}" if abs(v) < 0.01 else f"{v:.2f}")
+                colour = "black" if np.isfinite(v) and v > mid else "white"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
+    for b in separators:
+        ax.axhline(b, color="black", linewidth=1)
+        ax.axvline(b, color="black", linewidth=1)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> str:
+    """Write `fig` as a PNG file (creating its directory); returns the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
     return path
+
+
+def figure_data_uri(fig: Any, dpi: int = 100) -> str:
+    """`fig` as a `data:image/png;base64,...` URI, for a self-contained HTML page."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def heatmap(values: Any, rows: Sequence[str], cols: Sequence[str], path: str | os.PathLike, **kwargs: Any) -> str:
+    """[`heatmap_figure`] written to `path` as a PNG; returns the path."""
+    return save_figure(heatmap_figure(values, rows, cols, **kwargs), path)

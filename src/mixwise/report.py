@@ -15,9 +15,7 @@ Everything missing is skipped, so the page can be built for any run.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import os
 from collections import defaultdict
@@ -25,24 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .plan import MANIFEST_NAME, Plan
-
-
-def _figure_to_data_uri(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+from .plots import figure, figure_data_uri, heatmap_figure
 
 
 def find_log_history(run_dir: Path) -> list[dict[str, Any]]:
@@ -59,9 +40,9 @@ def find_log_history(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def allocation_chart(plan: Plan) -> str:
-    plt = _plt()
     names = list(plan.sources)
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(names) + 2), 3.2))
+    fig = figure(max(5, 0.7 * len(names) + 2), 3.2)
+    ax = fig.add_subplot()
     counts = [plan.sources[n].count for n in names]
     bars = ax.bar(names, counts, color="#4C72B0")
     for bar, n in zip(bars, names):
@@ -75,33 +56,21 @@ def allocation_chart(plan: Plan) -> str:
     ax.set_ylabel("planned rows")
     ax.set_title(f"{plan.method}: {plan.budget} rows (labels: weights)")
     ax.tick_params(axis="x", rotation=45)
-    return _figure_to_data_uri(fig)
+    return figure_data_uri(fig)
 
 
-def heatmap_chart(matrix: dict[str, dict[str, float]], title: str) -> str:
-    """A sources × targets heatmap from `{source: {target: value}}`."""
-    plt = _plt()
+def heatmap_chart(matrix: dict[str, dict[str, float]], title: str, xlabel: str, ylabel: str) -> str:
+    """A heatmap of `{row: {column: value}}` (rows on the y axis)."""
     rows = list(matrix)
     cols = list(next(iter(matrix.values())))
     values = [[float(matrix[r][c]) for c in cols] for r in rows]
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(cols) + 2), max(3, 0.45 * len(rows) + 1.5)))
-    im = ax.imshow(values, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
-    ax.set_yticks(range(len(rows)), rows)
-    for i, row in enumerate(values):
-        for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white")
-    ax.set_xlabel("target")
-    ax.set_ylabel("source")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax)
-    return _figure_to_data_uri(fig)
+    return figure_data_uri(heatmap_figure(values, rows, cols, title=title, xlabel=xlabel, ylabel=ylabel))
 
 
 def vote_histogram_chart(histogram: dict[str, list[int]]) -> str:
     """Bars of how many pool samples got k votes (`all`), with the selected ones (`selected`) on top."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig = figure(5, 3)
+    ax = fig.add_subplot()
     ks = list(range(len(histogram["all"])))
     ax.bar(ks, histogram["all"], color="#BBBBBB", label="pool")
     if histogram.get("selected"):
@@ -110,12 +79,12 @@ def vote_histogram_chart(histogram: dict[str, list[int]]) -> str:
     ax.set_xlabel("votes (tasks whose top set holds the sample)")
     ax.set_ylabel("samples")
     ax.set_title("ICONS votes")
-    return _figure_to_data_uri(fig)
+    return figure_data_uri(fig)
 
 
 def curves_chart(series: dict[str, list[tuple[float, float]]], title: str, ylabel: str) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig = figure(6, 3.2)
+    ax = fig.add_subplot()
     for name, points in sorted(series.items()):
         xs, ys = zip(*points)
         ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=name)
@@ -124,7 +93,7 @@ def curves_chart(series: dict[str, list[tuple[float, float]]], title: str, ylabe
     ax.set_title(title)
     if len(series) > 1:
         ax.legend(fontsize=7, loc="best")
-    return _figure_to_data_uri(fig)
+    return figure_data_uri(fig)
 
 
 def _series(history: list[dict[str, Any]], match) -> dict[str, list[tuple[float, float]]]:
@@ -170,18 +139,28 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     extra = plan.extra or {}
     metric = extra.get("metric") or extra.get("M")
     if isinstance(metric, dict) and metric:
-        sections.append(("DataProphet metric M(s→t)", heatmap_chart(metric, "M(source → target)")))
+        sections.append(("DataProphet metric M(s→t)", heatmap_chart(metric, "M(source → target)", "target", "source")))
     histogram = extra.get("vote_histogram")
     if isinstance(histogram, dict) and histogram.get("all"):
         sections.append(("ICONS votes", vote_histogram_chart(histogram)))
     overlap, tasks = extra.get("top_set_overlap"), extra.get("tasks")
     if overlap and tasks and len(tasks) > 1:
         matrix = {a: {b: overlap[i][j] for j, b in enumerate(tasks)} for i, a in enumerate(tasks)}
-        sections.append(("Overlap of per-task top sets", heatmap_chart(matrix, "overlap of per-task top sets")))
+        sections.append(
+            (
+                "Overlap of per-task top sets",
+                heatmap_chart(matrix, "overlap of per-task top sets", "task whose top set is compared", "task"),
+            )
+        )
 
     capability_map = extra.get("capability_map")
     if isinstance(capability_map, dict) and capability_map:
-        sections.append(("CADC capability map", heatmap_chart(capability_map, "subtask → capability")))
+        sections.append(
+            (
+                "CADC capability map",
+                heatmap_chart(capability_map, "subtask → capability", "capability", "target subtask"),
+            )
+        )
     stage_table = _stage_table(plan)
 
     history = find_log_history(run_dir)

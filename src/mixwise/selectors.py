@@ -7,7 +7,7 @@ the CLI) is built on that one method, so a new method plugs in by implementing i
 
 Selectors that score rows with a model should split the rows across processes with
 [`mixwise.distributed.map_across_ranks`]; the callback then broadcasts the main process's plan so every rank
-installs the identical one.
+installs the identical one. Selectors are found by name in [`mixwise.registry.SELECTORS`].
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .fingerprint import stable_seed
 from .mixture import Mixture
-from .plan import Plan, stable_seed
+from .plan import Plan
 
 
 @dataclass
@@ -61,7 +62,9 @@ class Selector(Protocol):
     def select(self, context: SelectionContext) -> Plan: ...
 
 
-def _base_kwargs(selector: Any, context: SelectionContext) -> dict[str, Any]:
+def plan_kwargs(selector: Any, context: SelectionContext) -> dict[str, Any]:
+    """The manifest fields every selector's plan carries: `method`, `seed`, `config`, data and model fingerprints and
+    the rows validation skipped. Pass them to `Plan.from_weights` / `from_rows` / `staged`."""
     return {
         "method": selector.name,
         "seed": context.seed,
@@ -80,7 +83,7 @@ class Uniform:
         return {}
 
     def select(self, context: SelectionContext) -> Plan:
-        return Plan.uniform(context.sizes, context.budget, **_base_kwargs(self, context))
+        return Plan.uniform(context.sizes, context.budget, **plan_kwargs(self, context))
 
 
 class FixedWeights:
@@ -99,7 +102,7 @@ class FixedWeights:
         if unknown:
             raise ValueError(f"weights name unknown sources {unknown}; the pool has {list(context.sizes)}")
         weights = {n: self.weights.get(n, 0.0) for n in context.sizes}
-        return Plan.from_weights(weights, context.sizes, context.budget, **_base_kwargs(self, context))
+        return Plan.from_weights(weights, context.sizes, context.budget, **plan_kwargs(self, context))
 
 
 class RandomSubset:
@@ -127,52 +130,7 @@ class RandomSubset:
             lo, hi = mixture.offsets[n], mixture.offsets[n] + mixture.sizes[n]
             sel = picked[(picked >= lo) & (picked < hi)] - lo
             rows[n] = sel.tolist()
-        return Plan.from_rows(rows, context.sizes, **_base_kwargs(self, context))
+        return Plan.from_rows(rows, context.sizes, **plan_kwargs(self, context))
 
 
-SELECTORS: dict[str, type] = {"uniform": Uniform, "fixed_weights": FixedWeights, "random": RandomSubset}
-
-
-class _LazyDataProphet:
-    """Registry entry for `mixwise.dataprophet.DataProphet`, imported on first use (it needs torch and transformers,
-    and imports this module): calling it returns a `DataProphet`."""
-
-    name = "dataprophet"
-
-    def __new__(cls, *args: Any, **kwargs: Any):
-        from .dataprophet import DataProphet
-
-        return DataProphet(*args, **kwargs)
-
-
-SELECTORS["dataprophet"] = _LazyDataProphet
-
-
-class _LazyICONS:
-    """Registry entry for `mixwise.icons.ICONS`, imported on first use (it needs torch, transformers and peft, and
-    imports this module): calling it returns an `ICONS` selector."""
-
-    name = "icons"
-
-    def __new__(cls, *args: Any, **kwargs: Any):
-        from .icons import ICONS
-
-        return ICONS(*args, **kwargs)
-
-
-SELECTORS["icons"] = _LazyICONS
-
-
-class _LazyCADC:
-    """Registry entry for `mixwise.cadc.CADC`, imported on first use (it needs torch, transformers, peft, networkx
-    and scikit-learn, and imports this module): calling it returns a `CADC` selector."""
-
-    name = "cadc"
-
-    def __new__(cls, *args: Any, **kwargs: Any):
-        from .cadc import CADC
-
-        return CADC(*args, **kwargs)
-
-
-SELECTORS["cadc"] = _LazyCADC
+__all__ = ["FixedWeights", "RandomSubset", "SelectionContext", "Selector", "Uniform", "plan_kwargs"]

@@ -14,6 +14,8 @@ A text-only row simply has no `images`. Selectors need three fields of every row
 from __future__ import annotations
 
 import io
+import os
+import pathlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,19 +95,73 @@ def as_sources(
     return out
 
 
-def load_source(path: str, name: str | None = None, split: str = "train", role: str = "pool") -> Source:
-    """Load a source saved with `save_to_disk` (a `Dataset` or a `DatasetDict`, whose `split` is taken)."""
-    import pathlib
+def named_datasets(
+    data: Mapping[str, datasets.Dataset | Source] | Sequence[Source], role: str = "source"
+) -> dict[str, datasets.Dataset]:
+    """`{name: Dataset}` from `{name: Dataset or Source}` or a sequence of [`Source`] (`role` names them in errors)."""
+    if isinstance(data, Mapping):
+        out = {}
+        for name, ds in data.items():
+            ds = ds.dataset if isinstance(ds, Source) else ds
+            if not isinstance(ds, datasets.Dataset):
+                raise TypeError(f"{role} '{name}': expected a datasets.Dataset, got {type(ds).__name__}")
+            out[str(name)] = ds
+        return out
+    out = {}
+    for s in data:
+        if not isinstance(s, Source):
+            raise TypeError(
+                f"expected Source objects or a {{name: Dataset}} mapping of {role}s, got {type(s).__name__}"
+            )
+        out[s.name] = s.dataset
+    return out
 
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"source directory {str(p)!r} does not exist")
-    ds = datasets.load_from_disk(str(p))
+
+def split_spec(spec: str) -> tuple[str | None, str]:
+    """`"name=path"` → `("name", "path")`; a plain path → `(None, path)`."""
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name and os.sep not in name:
+        return name, path
+    return None, spec
+
+
+def load_source(
+    path: str | os.PathLike, name: str | None = None, split: str | None = "train", role: str = "pool"
+) -> Source:
+    """Load a source: a `save_to_disk` folder (a `Dataset`, or a `DatasetDict` whose `split` is taken), or a hub
+    dataset id (`datasets.load_dataset(path, split=split)`). `"name=path"` renames it; by default the source is
+    named after the folder. A `DatasetDict` with `split=None` gives its `validation` split, else its `test` split
+    (the convention for targets, [`load_target`])."""
+    spec = os.fspath(path)
+    given, spec = split_spec(spec)
+    name = name or given
+    p = pathlib.Path(spec)
+    if p.exists():
+        ds = datasets.load_from_disk(str(p))
+    elif p.is_absolute() or spec.startswith(".") or spec.count("/") > 1:
+        raise FileNotFoundError(f"{role} directory {spec!r} does not exist")
+    else:  # a hub dataset id
+        try:
+            ds = datasets.load_dataset(spec, split=split or "validation")
+        except Exception as err:  # offline, unknown id, ...: say both things that were tried
+            raise FileNotFoundError(
+                f"{role} {spec!r} is neither a local dataset folder nor a dataset on the hub ({type(err).__name__}: {err})"
+            ) from None
     if isinstance(ds, datasets.DatasetDict):
+        if split is None:
+            split = next((s for s in ("validation", "test") if s in ds), None)
+            if split is None:
+                raise KeyError(f"{role} {spec!r} has neither a validation nor a test split ({list(ds)}); pass a split")
         if split not in ds:
-            raise KeyError(f"source {str(p)!r} has no split {split!r}; splits: {list(ds)}")
+            raise KeyError(f"{role} {spec!r} has no split {split!r}; splits: {list(ds)}")
         ds = ds[split]
-    return Source(name or p.name, ds, split=split, role=role)
+    return Source(name or p.name or pathlib.Path(spec.rstrip("/")).name, ds, split=split, role=role)
+
+
+def load_target(path: str | os.PathLike, split: str | None = None, name: str | None = None) -> Source:
+    """A target (validation set): [`load_source`] with role `target`; a `DatasetDict`'s `validation` split by
+    default, else its `test` split."""
+    return load_source(path, name=name, split=split, role="target")
 
 
 # ----------------------------------------------------------------------------------------------------------------

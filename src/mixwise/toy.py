@@ -28,8 +28,6 @@ decode back to ``PIL.Image.Image``.
 from __future__ import annotations
 
 import functools
-import hashlib
-import math
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -39,6 +37,8 @@ import numpy as np
 import pyarrow as pa
 from datasets.table import InMemoryTable
 from PIL import Image, ImageDraw, ImageFont
+
+from .fingerprint import stable_int
 
 __all__ = [
     "COLOURS",
@@ -111,14 +111,8 @@ Example = tuple[Image.Image, str, str]
 # --------------------------------------------------------------------------------------------------------------------
 # seeding and drawing helpers
 # --------------------------------------------------------------------------------------------------------------------
-def _key(*parts: object) -> int:
-    """A stable 64-bit integer for ``parts`` (unlike ``hash()``, identical in every process)."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
 def _rng(*parts: object) -> np.random.Generator:
-    return np.random.default_rng(_key(*parts))
+    return np.random.default_rng(stable_int(*parts))
 
 
 def _background(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -438,7 +432,7 @@ def make_source(
     _check_count("image_size", image_size, MIN_IMAGE_SIZE)
     n, seed, image_size = int(n), int(seed), int(image_size)
     generate = _GENERATORS[family]
-    family_key = _key("toy", family, split)
+    family_key = stable_int("toy", family, split)
     columns: dict[str, list] = {"id": [], "source": [], "images": []}
     turns: list = []
     answers: list[str] = []
@@ -573,13 +567,3 @@ def _arrow(ds: datasets.Dataset) -> pa.Table:
 def image_bytes(ds: datasets.Dataset) -> list[list[bytes | None]]:
     """The stored (encoded) image bytes of every row, without decoding: handy for equality checks and validation."""
     return [[image["bytes"] for image in images] for images in _arrow(ds).column("images").to_pylist()]
-
-
-def _grid(images: Sequence[Image.Image], columns: int = 8) -> Image.Image:  # pragma: no cover - debugging aid
-    """Tile images into one sheet (for eyeballing a family)."""
-    size = images[0].width
-    rows = math.ceil(len(images) / columns)
-    sheet = Image.new("RGB", (columns * size, rows * size), (255, 255, 255))
-    for k, image in enumerate(images):
-        sheet.paste(image, ((k % columns) * size, (k // columns) * size))
-    return sheet

@@ -8,28 +8,16 @@ transform's name and configuration, the model id/revision, the input's fingerpri
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import datasets
 
-from . import __version__
+from .fingerprint import transform_fingerprint
 from .mixture import Mixture
 from .plan import Plan
 from .selectors import SelectionContext, Selector
-from .sources import Source, extract_fields
-
-
-def transform_fingerprint(name: str, config: Mapping[str, Any], model_id: str | None, input_fingerprint: str) -> str:
-    """sha256 of (name, config, model id, input fingerprint, mixwise version): stable across processes and runs."""
-    payload = json.dumps(
-        {"name": name, "config": config, "model": model_id, "input": input_fingerprint, "version": __version__},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:40]
+from .sources import Source
 
 
 def apply_plan(
@@ -112,24 +100,27 @@ def add_scores(
     )
 
 
-class TextLengthScorer:
-    """Length of Q and A in characters: `q_chars`, `a_chars` (a cheap, model-free signal; e.g. a length budget)."""
+def add_columns(
+    dataset: datasets.Dataset,
+    columns: Mapping[str, Any],
+    transform: str,
+    config: Mapping[str, Any],
+    what: str = "the columns",
+) -> datasets.Dataset:
+    """`dataset` with precomputed per-row `columns` (same row order; a column of that name is replaced), each with
+    the explicit fingerprint `transform_fingerprint(f"{transform}:{name}", config, None, input fingerprint)`.
 
-    name = "text_length"
-    columns = ("q_chars", "a_chars")
-    model_id = None
+    `config` must determine the values (e.g. the method's configuration plus a digest of its scores)."""
+    for values in columns.values():
+        if len(values) != len(dataset):
+            raise ValueError(f"dataset has {len(dataset)} rows but {what} cover {len(values)}")
+    for name, values in columns.items():
+        if name in dataset.column_names:
+            dataset = dataset.remove_columns(name)
+        fp = transform_fingerprint(f"{transform}:{name}", config, None, dataset._fingerprint)
+        values = values.tolist() if hasattr(values, "tolist") else list(values)
+        dataset = dataset.add_column(name, values, new_fingerprint=fp)
+    return dataset
 
-    def __init__(self, source: str = "?"):
-        self.source = source
 
-    def config(self) -> dict[str, Any]:
-        return {"columns": list(self.columns)}
-
-    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
-        keys = list(batch)
-        q, a = [], []
-        for j, i in enumerate(indices):
-            fields = extract_fields({k: batch[k][j] for k in keys}, self.source, i)
-            q.append(len(fields.question))
-            a.append(len(fields.answer))
-        return {"q_chars": q, "a_chars": a}
+__all__ = ["Scorer", "add_columns", "add_scores", "apply_plan", "select_mixture"]

@@ -15,9 +15,9 @@ import signal
 import torch
 from peft import LoraConfig, get_peft_model
 
-from mixwise.datastore import Datastore, fill_store
-from mixwise.gradients import FeaturizerConfig, GradientFeaturizer
-from mixwise.projection import ProjectorSpec
+from mixwise.signals.datastore import Datastore, fill_store
+from mixwise.signals.gradients import FeaturizerConfig, GradientFeaturizer
+from mixwise.signals.projection import ProjectorSpec
 from mixwise.testing import build_tiny_llava
 from mixwise.toy import make_source
 

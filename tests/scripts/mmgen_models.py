@@ -2,7 +2,7 @@
 
 A randomly initialised zoo model emits garbage, which exercises only the reject path. To exercise the valid path
 with a *real* model (local generation, `transformers serve`, the project's server), the tiny LLaVA is fine-tuned
-for a few seconds on varied MM-GEN prompts (built with `mixwise.generation.build_prompt`, toy images of every
+for a few seconds on varied MM-GEN prompts (built with `mixwise.mmgen.generation.build_prompt`, toy images of every
 colour) to answer with one fixed JSON array of two pairs (`TARGET`). Nothing is faked at generation time: the
 model's own greedy output goes through the parser.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from mixwise.encoding import encode_rows
-from mixwise.generation import build_prompt
+from mixwise.mmgen import build_prompt
+from mixwise.signals.encoding import encode_rows
 from mixwise.testing import build_tiny_llava
 from mixwise.toy import make_source
 
