@@ -23,7 +23,6 @@ Every drop is counted by reason in a [`FilterReport`] (`to_dict()` / `save()` wr
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import Counter
@@ -34,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..files import atomic_write_json
 from ..sources import DataError
 
 REASON_DUPLICATE = "near duplicate"
@@ -113,11 +113,7 @@ class FilterReport:
     def save(self, path: str | os.PathLike) -> str:
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, default=float)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.to_dict())
 
 
 # ----------------------------------------------------------------------------------------------------------------

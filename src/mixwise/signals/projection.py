@@ -34,21 +34,16 @@ a CPU and a GPU run use the same projection.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
+from ..fingerprint import derive_seed
+
 PROJECTOR_KINDS = ("gaussian", "rademacher", "factorized", "none")
 DEFAULT_BLOCK_ELEMENTS = 1 << 24  # one generated block holds 2^24 floats (64 MiB in float32)
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from strings/ints via sha256: identical in every process (unlike Python's salted `hash`)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def jl_epsilon(dim: int, delta: float = 0.01) -> float:

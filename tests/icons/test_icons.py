@@ -24,12 +24,7 @@ from mixwise.toy import make_source
 POOL = {"count": 8, "colour": 6, "ocr": 8}  # the same pool as tests/scripts/icons_select.py
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pool_sources():

@@ -1,16 +1,16 @@
 """Kendall-tau evaluation (eval-tau): against scipy, ties, variants, the diagonal, and the paper's matrices."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 from scipy.stats import kendalltau
 
 from mixwise.cli import main
 from mixwise.dataprophet.tau import Matrix, evaluate_tau, kendall_tau
 
-PAPER = Path(__file__).resolve().parents[2] / "shared" / "data" / "dataprophet_paper"
+PAPER = ROOT.parent / "shared" / "data" / "dataprophet_paper"
 
 
 def random_pair(seed, n_src=9, n_tgt=7, ties=False):

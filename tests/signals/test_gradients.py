@@ -23,12 +23,7 @@ from mixwise.toy import make_source
 RAW = ProjectorSpec(kind="none", dim=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def with_lora(model, targets="all-linear", seed=0):

@@ -9,7 +9,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from helpers import SCRIPTS, read_json, run_distributed
 
 from mixwise import Mixture, MixtureSampler, Plan, select_mixture
@@ -33,12 +32,7 @@ D, T = 32, 3
 GROUP_A, GROUP_B = [0, 1, 2], [3, 4, 5]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def unit(x):
