@@ -64,7 +64,7 @@ def hand_result(**kw) -> DataProphetResult:
         silhouette={"a": 0.1, "b": 0.3},
         entropy={"a": 0.8, "b": 0.5},
         terms=Terms(),
-        config=DataProphetConfig(),
+        config=DataProphetConfig.paper(),
     )
     base.update(kw)
     return DataProphetResult(**base)
@@ -243,7 +243,7 @@ def test_several_targets_mean_of_normalized_weights_or_user_weights():
     assert combine_targets(w, {"t2": 1}) == pytest.approx({"a": 0.5, "b": 0.5})
     with pytest.raises(ValueError, match="unknown targets"):
         combine_targets(w, {"t3": 1})
-    r = hand_result(config=DataProphetConfig(combine="weighted", target_weights={"a": 1.0}))
+    r = hand_result(config=DataProphetConfig.paper(combine="weighted", target_weights={"a": 1.0}))
     assert r.weights() == pytest.approx(dict(zip(["a", "b"], r.target_weights().col("a"))))
     with pytest.raises(ValueError, match="needs target_weights"):
         DataProphetConfig(combine="weighted")
