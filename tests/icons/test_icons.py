@@ -67,7 +67,7 @@ def icons(tiny_llava_path, warm, work, **kw):
 
 
 def test_select_mixture_end_to_end(tiny_llava_path, warm, tmp_path):
-    selector = icons(tiny_llava_path, warm, tmp_path / "work")
+    selector = icons(tiny_llava_path, warm, tmp_path / "work", preset="paper")
     subset, plan = select_mixture(pool_sources(), selector, budget=6, targets=target_sets(), model_id="tiny")
     assert len(subset) == 6 and set(subset["source"]) <= set(POOL)
     assert plan.method == "icons" and plan.budget == 6
@@ -79,6 +79,14 @@ def test_select_mixture_end_to_end(tiny_llava_path, warm, tmp_path):
     # the plan is the vote over the score matrix (p_vote = p_select = 6/22), rows mapped back to their sources
     expected = aggregate(scores, 6, "vote", p_vote=6 / 22)
     assert result.selection.order.tolist() == expected.order.tolist()
+    assert result.summary()["dedup"] is None and result.summary()["coverage"] is None
+    # the default preset: the same features (stores reused), duplicates counted once (none here), coverage floor
+    default = icons(tiny_llava_path, warm, tmp_path / "work")
+    select_mixture(pool_sources(), default, budget=6, targets=target_sets(), model_id="tiny")
+    fixed = aggregate(scores, 6, "vote", p_vote=6 / 22, groups=np.arange(22), coverage_floor=0.5)
+    assert default.result.selection.order.tolist() == fixed.order.tolist()
+    assert default.result.summary()["dedup"] == {"distinct_rows": 22, "rows": 22}
+    assert default.result.summary()["coverage"] == {"floor": 0.5, "per_task": 1}
     flat = sorted(plan.sources[n].rows[k] + sum(list(POOL.values())[:i]) for i, n in enumerate(POOL)
                   for k in range(plan.sources[n].count))  # fmt: skip
     assert flat == sorted(expected.order.tolist())

@@ -10,6 +10,7 @@ import numpy as np
 from ..mixture import Mixture
 from ..plan import Plan
 from ..selectors import SelectionContext
+from ..signals.diversity import duplicate_groups
 from ..signals.features import FeatureSelector, featurize_checkpoints, start_feature_run
 from ..signals.influence import combine_influence, stream_scores, task_means
 from ..sources import Source, named_datasets
@@ -49,6 +50,7 @@ def run_icons(
     checkpoints_info = []
 
     target_skipped: list[dict[str, Any]] = []
+    groups: np.ndarray | None = None
     for step in featurize_checkpoints(
         cfg, mixture, run.targets, run.scoring, run.model_id, run.work_dir, "ICONS", on_chunk=on_chunk
     ):
@@ -68,6 +70,10 @@ def run_icons(
             all_means.append(means)
         if step.index == 0:
             skipped = step.pool.skipped()
+            if cfg.dedup:  # duplicates from the first checkpoint's pool features (identical rows: identical features)
+                pool_feats, pool_norms = step.pool.load()
+                feats = np.where(np.isfinite(pool_norms)[:, None], np.asarray(pool_feats, np.float32), 0.0)
+                groups = duplicate_groups(feats, cfg.dedup_threshold)
         # one streamed pass over the pool store for every task column at once
         streamed = stream_scores(step.pool, np.concatenate(all_means))
         scores: dict[str, np.ndarray] = {}
@@ -79,7 +85,10 @@ def run_icons(
 
     influence = combine_influence(per_checkpoint, [c["weight"] for c in run.scoring.checkpoints], subtasks)
     n_valid = int(influence.valid.sum())
-    p_vote = cfg.p_vote if cfg.p_vote is not None else n_select / max(n_valid, 1)
+    if groups is not None:  # duplicates count once in the vote share too
+        _, first = np.unique(groups, return_index=True)
+        n_valid = max(1, int(influence.valid[first].sum()))
+    p_vote = cfg.p_vote if cfg.p_vote is not None else min(1.0, n_select / max(n_valid, 1))
     task = cfg.specialist_task
     if cfg.aggregator == "specialist" and task is None and len(influence.tasks) > 1:
         raise ValueError(f"the specialist aggregator needs `specialist_task` (one of {influence.tasks})")
@@ -91,6 +100,8 @@ def run_icons(
         task=task,
         tasks=influence.tasks,
         sumnorm_guard=cfg.sumnorm_guard,
+        groups=groups,
+        coverage_floor=cfg.coverage_floor if cfg.aggregator == "vote" else 0.0,
     )
     return ICONSResult(
         target_skipped=target_skipped,
