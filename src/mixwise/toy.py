@@ -208,7 +208,9 @@ class _Canvas:
         self._draw.polygon([(x * _SUPERSAMPLE, y * _SUPERSAMPLE) for x, y in points], fill=fill)
 
     def rectangle(self, box: Sequence[float], fill) -> None:
-        self._draw.rectangle(tuple(v * _SUPERSAMPLE for v in box), fill=fill)
+        """Fill ``box`` = (x0, y0, x1, y1), the right and bottom edges excluded (PIL includes them)."""
+        x0, y0, x1, y1 = (v * _SUPERSAMPLE for v in box)
+        self._draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
 
     def image(self) -> Image.Image:
         return self._img.resize((self.size, self.size), Image.Resampling.BOX)
@@ -246,10 +248,11 @@ def _shape(rng: np.random.Generator, size: int, row: _Row) -> Example:
 
 
 def _small_shape(canvas: _Canvas, rng: np.random.Generator, kind: str, cell_index: int, fill) -> None:
+    """A shape inside one cell: radius a third of the cell, jitter 5% of it, so neighbours stay >= 1.5 px apart."""
     cell = canvas.size / GRID
-    dx, dy = _jitter(rng, cell, 0.06)
+    dx, dy = _jitter(rng, cell, 0.05)
     cx, cy = (cell_index % GRID + 0.5) * cell + dx, (cell_index // GRID + 0.5) * cell + dy
-    canvas.shape(kind, cx, cy, cell * 0.36, fill)
+    canvas.shape(kind, cx, cy, cell * 0.33, fill)
 
 
 def _count(rng: np.random.Generator, size: int, row: _Row) -> Example:
@@ -292,8 +295,12 @@ def _ocr(rng: np.random.Generator, size: int, row: _Row) -> Example:
     digit = _pick(rng, OCR_VOCAB)
     cell = size / GRID
     index = int(rng.integers(GRID * GRID))
-    x0, y0 = (index % GRID) * cell + cell * 0.15, (index // GRID) * cell + cell * 0.07
-    px_w, px_h = cell * 0.7 / 5, cell * 0.86 / 7
+    px = cell / 8  # one glyph pixel per image pixel at 32 px: the glyph is pixel-exact wherever it is drawn
+    x0, y0 = (
+        (index % GRID) * cell + px * int(rng.integers(0, 3)),
+        (index // GRID) * cell + px * int(rng.integers(0, 2)),
+    )
+    px_w = px_h = px
     canvas = _Canvas(size, _background(rng))
     ink = _TEXT_INKS[int(rng.integers(len(_TEXT_INKS)))]
     for r, line in enumerate(_FONT[digit]):

@@ -61,7 +61,7 @@ __all__ = [
     "train_rows",
 ]
 
-WORLD_VERSION = "grid-1"
+WORLD_VERSION = "grid-2"
 """Version of the toy world's generators: part of the base's fingerprint (a changed world makes a new base)."""
 BASE_FILE = "toy_base.json"
 IGNORE_INDEX = -100
@@ -281,7 +281,9 @@ def _build_model(config: ToyBaseConfig):
 
 def pretrain_rows(config: ToyBaseConfig) -> list[dict]:
     """The base's pre-training rows: `pretrain_rows` of each family's train split, generated with `data_seed`."""
-    return [r for f in config.family_list for r in make_source(f, config.pretrain_rows, "train", seed=config.data_seed)]
+    return [
+        r for f in config.family_list for r in make_source(f, config.pretrain_rows, "train", seed=config.data_seed)
+    ]
 
 
 def build_toy_base(
