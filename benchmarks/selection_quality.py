@@ -214,6 +214,7 @@ ICONS_VARIANTS = {"ICONS (paper)": {"preset": "paper"}, "ICONS (default)": {}}
 ICONS_ABLATIONS = {
     "ICONS default, duplicates not merged": {"dedup": False},
     "ICONS default, no coverage floor": {"coverage_floor": 0.0},
+    "ICONS default, one mean gradient per target": {"answer_subtasks": False},
     "ICONS round robin (paper Table 3)": {"preset": "paper", "aggregator": "round_robin"},
 }
 
@@ -257,12 +258,15 @@ class Selections:
             plots=False,
             warmup={"seed": seed},
         )
-        self.icons = run_icons(
-            mixture, world.validation, size.budget, config=cfg, model=model, processing_class=processor,
-            model_id=model_id,
-        )  # fmt: skip
+        # the same warm-up and feature stores; influence with one mean gradient per target, or one per answer
+        self.icons = {}
+        for answer_subtasks in (False, True):
+            self.icons[answer_subtasks] = run_icons(
+                mixture, world.validation, size.budget, config=replace(cfg, answer_subtasks=answer_subtasks),
+                model=model, processing_class=processor, model_id=model_id,
+            )  # fmt: skip
         self.timings["ICONS (warm-up, features, influence)"] = time.time() - t0
-        self.warmup = self.icons.checkpoints
+        self.warmup = self.icons[True].checkpoints
 
     def dataprophet(self, name: str, targets, budget: int) -> list[int]:
         dp, result = self.dp_results[name]
@@ -288,9 +292,10 @@ class Selections:
 
     def icons_rows(self, kw: dict, targets, budget: int) -> list[int]:
         cfg = ICONSConfig(**kw, progress=False, plots=False)
-        tasks = self.icons.influence.tasks
-        scores = self.icons.influence.scores[:, [tasks.index(t) for t in targets]]
-        groups = self.icons.groups if cfg.dedup else None
+        result = self.icons[bool(cfg.answer_subtasks)]
+        tasks = result.influence.tasks
+        scores = result.influence.scores[:, [tasks.index(t) for t in targets]]
+        groups = self.icons[True].groups if cfg.dedup else None
         selection = aggregate(
             scores,
             budget,

@@ -198,7 +198,7 @@ def test_spatial_answer_is_the_arrow_direction():
         along, across = (xs, ys) if horizontal else (ys, xs)
         lo, hi = along.min(), along.max()
 
-        def width(at):  # the arrow's extent across its axis, at a fraction of its length
+        def width(at, lo=lo, hi=hi, along=along):  # the arrow's extent across its axis, at a fraction of its length
             line = round(lo + at * (hi - lo))
             return np.count_nonzero(along == line)
 

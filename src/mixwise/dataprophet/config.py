@@ -196,20 +196,26 @@ class DataProphetConfig:
             "ppl_cap, ppl_cap^2 / r above: off-distribution or mislabelled data is not rewarded)."
         },
     )
-    ppl_cap: float = field(default=2.0, metadata={"help": "The cap of ppl_guard=cap / band."})
+    ppl_cap: float = field(
+        default=1.0,
+        metadata={
+            "help": "C of ppl_guard=cap / band (band with C = 1: min(r, 1/r), a source as hard as the target wins)."
+        },
+    )
     diversity_dedup: bool | None = field(
         default=None,
-        metadata={"help": "Duplicate-aware diversity: distinct samples only, scaled by the distinct share."},
+        metadata={
+            "help": "Duplicate-aware diversity: exact duplicate rows (same images and text) count once, scaled by "
+            "the distinct share."
+        },
     )
     dedup_rows: bool | None = field(
         default=None,
         metadata={
             "help": "Plans draw distinct rows first: a source gets at most its number of distinct rows (the rest "
-            "goes to the other sources), instance selection takes one copy of a duplicated row."
+            "goes to the other sources), instance selection takes one copy of a duplicated row (exact duplicates: "
+            "same images and text)."
         },
-    )
-    dedup_threshold: float = field(
-        default=0.999, metadata={"help": "Cosine above which two samples' vectors count as duplicates."}
     )
     text_encoder: str = field(
         default="model",
@@ -272,8 +278,7 @@ class DataProphetConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.ppl_cap <= 0:
             raise ValueError(f"ppl_cap must be > 0, got {self.ppl_cap}")
-        if not 0 < self.dedup_threshold <= 1:
-            raise ValueError(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
+
         self.embedding  # validates the embedding settings  # noqa: B018
         self.perplexity  # noqa: B018
 
@@ -289,8 +294,8 @@ class DataProphetConfig:
 
     def allocation_options(self) -> dict[str, Any]:
         """The allocation-stage options as resolved (`centre`, `similarity_sign`, `ppl_guard`, `ppl_cap`,
-        `diversity_dedup`, `dedup_rows`, `dedup_threshold`)."""
-        keys = (*ALLOCATION_OPTIONS, "ppl_cap", "dedup_threshold")
+        `diversity_dedup`, `dedup_rows`)."""
+        keys = (*ALLOCATION_OPTIONS, "ppl_cap")
         return {"preset": self.preset, **{k: getattr(self, k) for k in keys}}
 
     @property

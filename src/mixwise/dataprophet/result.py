@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,28 @@ class DataProphetResult:
     failures: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "role:name" -> skipped rows
     computed: list[tuple[str, str, str]] = field(default_factory=list)  # (role, name, kind) computed this call
     cached: list[tuple[str, str, str]] = field(default_factory=list)  # (role, name, kind) read from the cache
+
+    def for_targets(self, names: Sequence[str]) -> DataProphetResult:
+        """The same result restricted to the targets `names` (no signal is recomputed: a target's column of every
+        term depends only on that target, except the centre of the centred similarities, which stays the one
+        computed over all the datasets scored)."""
+        names = list(names)
+        unknown = [t for t in names if t not in self.targets]
+        if unknown:
+            raise ValueError(f"unknown targets {unknown}; targets are {self.targets}")
+
+        def cols(m: Matrix | None) -> Matrix | None:
+            return None if m is None else Matrix(m.rows, names, np.stack([m.col(t) for t in names], axis=1))
+
+        return replace(
+            self,
+            targets=names,
+            qsim=cols(self.qsim),
+            asim=cols(self.asim),
+            isim=cols(self.isim),
+            centred={k: cols(m) for k, m in self.centred.items()},
+            ppl_target={t: self.ppl_target[t] for t in names if t in self.ppl_target},
+        )
 
     def factors(self, terms: Terms | None = None, fixed: bool = False) -> dict[str, Matrix]:
         """The five factors as sources × targets matrices: `qsim`, `asim`, `isim`, `ppl_ratio` = PPL(s)/PPL(t),

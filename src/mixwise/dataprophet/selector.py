@@ -11,7 +11,7 @@ import numpy as np
 
 from ..plan import Plan
 from ..selectors import SelectionContext, plan_kwargs
-from ..signals.diversity import content_hashes, diversity, duplicate_groups, sample_vectors
+from ..signals.diversity import content_hashes, diversity
 from ..sources import Source, named_datasets
 from .allocation import centred_similarity, instance_scores
 from .config import DataProphetConfig, config_from
@@ -132,9 +132,12 @@ class DataProphet:
         sil, ent, sil_d, ent_d, distinct = {}, {}, {}, {}, {}
         if terms.diversity:
             for s in S:
-                z = signals[("source", s)].z()
+                sig = signals[("source", s)]
+                z = sig.z()
                 d = diversity(z, cfg.n_clusters, seed=cfg.seed, n_init=cfg.kmeans_n_init, name=s)
                 sil[s], ent[s] = d.silhouette, d.entropy
+                rows = sig.rows["text"] if sig.i is None else np.intersect1d(sig.rows["text"], sig.rows["image"])
+                hashes = content_hashes(src[s].select(rows))  # exact duplicates among the rows of z
                 dd = diversity(
                     z,
                     cfg.n_clusters,
@@ -142,7 +145,7 @@ class DataProphet:
                     n_init=cfg.kmeans_n_init,
                     name=s,
                     dedup=True,
-                    threshold=cfg.dedup_threshold,
+                    groups=np.unique(hashes, return_inverse=True)[1],
                 )
                 sil_d[s], ent_d[s], distinct[s] = dd.silhouette, dd.entropy, dd.distinct
         n_rows: dict[str, dict[str, int]] = {"source": {}, "target": {}}
@@ -205,7 +208,7 @@ class DataProphet:
                     centres[key] = np.mean(means, axis=0)
         names: list[str] = []
         rows: list[int] = []
-        parts, vectors = [], []
+        parts = []
         for s in pool_named:
             sig = signals[("source", s)]
             keep = _common_rows(sig)
@@ -223,8 +226,6 @@ class DataProphet:
                 ppl_cap=cfg.ppl_cap,
             )
             parts.append(scores_s.values)
-            fields = [x for x in (sub["q"], sub["a"], sub["i"]) if x is not None]
-            vectors.append(sample_vectors(fields) if fields else np.asarray(sub["nll"], np.float64)[:, None])
             names += [s] * len(keep)
             rows += [int(r) for r in keep]
         values = np.concatenate(parts)
@@ -233,8 +234,9 @@ class DataProphet:
         if cfg.combine == "weighted":
             lam = np.array([float(cfg.target_weights.get(t, 0.0)) for t in stats])
         combined = values @ (lam / lam.sum())
-        # duplicates across the whole pool: near-identical embeddings (same threshold as the diversity term)
-        groups = duplicate_groups(np.concatenate(vectors), cfg.dedup_threshold)
+        # exact duplicates across the whole pool (same images and text), by content hash
+        hashes = {s: content_hashes(ds) for s, ds in pool_named.items()}
+        groups = np.unique([hashes[s][r] for s, r in zip(names, rows)], return_inverse=True)[1]
         return InstanceScores(sources=names, rows=rows, scores=scores, combined=combined, groups=groups)
 
 

@@ -29,6 +29,10 @@
   row until each has added `floor(coverage_floor · M / K)`, then the vote fills the rest. With `p_vote = p_select`
   and disjoint tasks the plain vote keeps only rows two tasks want and starves an isolated task (measured: 5 and 2
   of 280 rows); the floor keeps every task covered. `coverage_floor = 1` is the round robin, `0` the plain vote.
+* *answer subtasks* (`ICONSConfig.answer_subtasks`, in [`mixwise.icons.run_icons`]): a target whose answers come
+  from a small closed set gets one mean validation gradient per answer, max-merged like ICONS's own subtasks. With
+  one mean gradient per target, the top rows of a family missed whole answer classes (toy world: no "up" arrow
+  among 97 spatial rows, no "2" among 76 count rows) and the fine-tuned model never learned them.
 """
 
 from __future__ import annotations

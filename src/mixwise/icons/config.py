@@ -12,8 +12,8 @@ __all__ = ["ICONSConfig", "PRESETS", "PRESET_VALUES"]
 
 PRESETS = ("default", "paper")
 PRESET_VALUES: dict[str, dict[str, object]] = {
-    "paper": {"dedup": False, "coverage_floor": 0.0},
-    "default": {"dedup": True, "coverage_floor": 0.5},
+    "paper": {"dedup": False, "coverage_floor": 0.0, "answer_subtasks": False},
+    "default": {"dedup": True, "coverage_floor": 0.5, "answer_subtasks": True},
 }
 """The aggregation options of each preset. `paper`: ICONS's vote as published. `default`: duplicates counted once and
 a per-task coverage floor, the values `benchmarks/selection_quality.py` chose (its RESULTS file has the ablation)."""
@@ -57,6 +57,17 @@ class ICONSConfig(FeatureConfig):
             "target keeps floor(coverage_floor · M / K) of its own top rows (0: the paper's vote). None: from the "
             "preset."
         },
+    )
+    answer_subtasks: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Split a target with a closed answer space (at most max_answer_subtasks distinct answers) into one "
+            "subtask per answer, max-merged like ICONS's subtasks, so that no answer class is left out of the "
+            "selection. None: from the preset."
+        },
+    )
+    max_answer_subtasks: int = field(
+        default=16, metadata={"help": "A target with more distinct answers keeps one mean gradient."}
     )
     plots: bool = field(default=True, metadata={"help": "Write the vote histogram and the overlap heatmap."})
 

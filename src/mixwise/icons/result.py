@@ -32,6 +32,7 @@ class ICONSResult:
     config: dict[str, Any] = field(default_factory=dict)
     p_vote: float | None = None
     target_skipped: list[dict[str, Any]] = field(default_factory=list)
+    groups: np.ndarray | None = None  # duplicate-group id per pool row (dedup on), else None
 
     @property
     def n_select(self) -> int:

@@ -13,12 +13,20 @@ from ..selectors import SelectionContext
 from ..signals.diversity import duplicate_groups
 from ..signals.features import FeatureSelector, featurize_checkpoints, start_feature_run
 from ..signals.influence import combine_influence, stream_scores, task_means
-from ..sources import Source, named_datasets
+from ..sources import Source, extract_fields, named_datasets
 from .aggregation import aggregate
 from .config import ICONSConfig
 from .result import ICONSResult
 
-__all__ = ["ICONS", "run_icons"]
+__all__ = ["ICONS", "answer_labels", "run_icons"]
+
+
+def answer_labels(dataset: Any, name: str = "target") -> list[str]:
+    """The reference answer of every row of a target (SFT or RL format), stripped and lower-cased."""
+    return [
+        extract_fields(row, name, k).answer.strip().lower()
+        for k, row in enumerate(dataset.remove_columns([c for c in ("images", "image") if c in dataset.column_names]))
+    ]
 
 
 def run_icons(
@@ -63,8 +71,13 @@ def run_icons(
                 target_skipped += [{**row, "target": t.name} for row in tstore.skipped()]
             feats, norms = tstore.load()
             labels = t.dataset[t.subtask_column] if t.subtask_column else None
+            if labels is None and cfg.answer_subtasks:
+                answers = answer_labels(t.dataset, t.name)
+                if len(set(answers)) <= cfg.max_answer_subtasks:  # a closed answer space: one subtask per answer
+                    keep = np.isfinite(np.asarray(norms))
+                    feats, norms, labels = feats[keep], norms[keep], [a for a, k in zip(answers, keep) if k]
             sub_names, means = task_means(feats, norms, labels, name=t.name)
-            if t.subtask_column:
+            if labels is not None:
                 subtasks[t.name] = sub_names
             columns.append((t.name, len(sub_names)))
             all_means.append(means)
@@ -115,6 +128,7 @@ def run_icons(
         work_dir=run.work_dir,
         config=cfg.to_dict(),
         p_vote=p_vote,
+        groups=groups,
     )
 
 

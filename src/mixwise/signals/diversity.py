@@ -15,7 +15,9 @@ The silhouette needs at least 2 distinct clusters: when k-means finds a single o
 clusters of identical points, so the paper's formula gives a source of a few distinct rows, each repeated, the best
 silhouette in the pool (1.0) — measured on the toy world: 10 distinct rows x 20 copies scored 1.986, above every real
 family. Duplicate-aware diversity counts each distinct sample once: rows whose z vectors have cosine >= `threshold`
-are one sample ([`duplicate_groups`]); k-means (K' = min(K, distinct − 1) clusters) and the silhouette run on the
+are one sample ([`duplicate_groups`]; or the rows given as duplicates, e.g. exact duplicate rows by
+[`content_hashes`], which DataProphet uses: the base model's mean-pooled embeddings of *different* rows of one
+family often have cosine above 0.999, so a vector threshold would merge distinct rows); k-means (K' = min(K, distinct − 1) clusters) and the silhouette run on the
 distinct vectors, the entropy is still normalized by log K, and the sum is scaled by the distinct share::
 
     D(s) = (Sil(distinct z) + H(distinct z)) · n_distinct / n
@@ -177,9 +179,12 @@ def diversity(
     name: str = "?",
     dedup: bool = False,
     threshold: float = 0.999,
+    groups: np.ndarray | None = None,
 ) -> DiversityResult:
     """k-means (K = `n_clusters`, seeded) on `z`, then mean Euclidean silhouette and normalized entropy; with `dedup`,
-    on the distinct vectors only, scaled by the distinct share (see the module docstring).
+    on the distinct vectors only, scaled by the distinct share (see the module docstring). Duplicates are the rows
+    sharing an id in `groups` when given (e.g. exact duplicates by [`content_hashes`]), else rows whose z vectors
+    have cosine >= `threshold`.
 
     Raises:
         ValueError: naming the dataset when it has no more rows than clusters.
@@ -197,8 +202,11 @@ def diversity(
         )
     distinct, k = 1.0, n_clusters
     if dedup:
-        groups = duplicate_groups(z, threshold)
-        _, first = np.unique(groups, return_index=True)
+        if groups is None:
+            groups = duplicate_groups(z, threshold)
+        elif len(groups) != len(z):
+            raise ValueError(f"dataset '{name}': {len(groups)} duplicate groups for {len(z)} sample vectors")
+        _, first = np.unique(np.asarray(groups), return_index=True)
         distinct = len(first) / len(z)
         z = z[np.sort(first)]
         k = min(n_clusters, len(z) - 1)
