@@ -123,18 +123,6 @@ def test_staged_plan_mismatched_sources():
         Plan.staged([Plan.uniform({"a": 3}, 2), Plan.uniform({"b": 3}, 2)])
 
 
-def test_trl_mixture_export():
-    plan = Plan.from_weights({"a": 1, "b": 3, "c": 0}, {"a": 10, "b": 10, "c": 10}, 8)
-    mix = plan.to_trl_mixture(paths={"a": "data/a"})
-    assert mix == [
-        {"path": "data/a", "split": "train", "fraction": 0.25},
-        {"path": "b", "split": "train", "fraction": 0.75},
-    ]
-    from trl.scripts.utils import DatasetConfig
-
-    DatasetConfig(**mix[0])  # accepted by TRL's own schema
-
-
 def test_sourceplan_repeated_for_explicit_rows():
     assert SourcePlan(weight=1, count=3, size=5, rows=[1, 1, 2]).repeated
     assert not SourcePlan(weight=1, count=2, size=5, rows=[1, 2]).repeated

@@ -222,11 +222,34 @@ class Plan:
         return out
 
     def to_trl_mixture(self, paths: Mapping[str, str] | None = None, split: str = "train") -> list[dict[str, Any]]:
-        """The weights as TRL's `datasets:` mixture entries (`DatasetMixtureConfig`), one per source with rows.
+        """The plan as TRL's `datasets:` mixture entries (`DatasetMixtureConfig`), one per source with rows — only
+        when those entries train on exactly this plan.
 
-        TRL normalizes `fraction`s and caps the mixture so that no dataset is oversampled, keeping the *first*
-        rows of each dataset; use mixwise's sampler to train on exactly this plan's budget and rows.
+        TRL normalizes the `fraction`s, caps the mixture so that no dataset is oversampled and keeps the *first*
+        `round(fraction × total)` rows of each dataset. That reproduces a plan only when every source it draws
+        from is taken whole (`count == size`): a plan that samples some rows of a source, repeats rows, picks rows
+        (per-sample plans) or orders stages cannot be written as fractions, and this raises `ValueError` — write
+        the plan's rows with `mixwise export` ([`mixwise.export.export_plan`]) instead.
         """
+        hint = "write its rows with `mixwise export PLAN --sources ... --out DIR` (an exact DatasetDict + TRL YAML)"
+        if self.stages:
+            raise ValueError(f"a staged plan ({len(self.stages)} stages, in order) cannot be TRL fractions; {hint}")
+        if any(s.rows is not None for s in self.sources.values()):
+            raise ValueError(
+                f"a per-sample plan (explicit rows, method {self.method!r}) cannot be TRL fractions; {hint}"
+            )
+        repeated = [n for n, s in self.sources.items() if s.repeated]
+        if repeated:
+            raise ValueError(
+                f"the plan repeats rows of {repeated} (count > size), which TRL's mixture never does; {hint}"
+            )
+        partial = [f"{n} ({s.count} of {s.size})" for n, s in self.sources.items() if 0 < s.count < s.size]
+        if partial:
+            raise ValueError(
+                f"the plan draws a random subset of {', '.join(partial)} rows, but TRL's mixture keeps the first rows "
+                f"of each dataset and caps the total so that no dataset is oversampled (the fractions do not "
+                f"reproduce the budget of {self.budget} rows); {hint}"
+            )
         paths = paths or {}
         return [
             {"path": paths.get(n, n), "split": split, "fraction": round(s.weight, 8)}

@@ -38,8 +38,9 @@ def parse(argv, prog: str, description: str) -> tuple:
 
 def score(args: ScoreArguments, config: Any) -> dict[str, Any]:
     """Score, plan and write `metric.csv`, `term_<factor>.csv` (M is their cell-wise product), `signals.csv`,
-    `weights.csv`, `selection.json`, `heatmap.png` and `mixture.yaml` (TRL's `datasets:` mixture) into `args.out`.
-    Returns `{"result", "plan", "paths"}`."""
+    `weights.csv`, `selection.json`, `heatmap.png` and — only when TRL's `fraction`s train on exactly this plan (whole
+    sources) — `mixture.yaml` (TRL's `datasets:` mixture) into `args.out`. Returns `{"result", "plan", "paths",
+    "inexact"}` (`inexact`: why fractions cannot express the plan; `mixwise export` writes its rows instead)."""
     import yaml
 
     from ..dataprophet import DataProphet
@@ -73,11 +74,17 @@ def score(args: ScoreArguments, config: Any) -> dict[str, Any]:
     os.makedirs(args.out, exist_ok=True)
     paths = result.save(args.out)
     paths["selection"] = plan.save(args.out)
-    mixture = {"datasets": plan.to_trl_mixture({s.name: os.path.abspath(p) for s, p in zip(sources, args.sources)})}
-    paths["mixture"] = os.path.join(args.out, "mixture.yaml")
-    with open(paths["mixture"], "w") as f:
-        yaml.safe_dump(mixture, f, sort_keys=False)
-    return {"result": result, "plan": plan, "paths": paths}
+    try:  # TRL fractions only when they train on exactly this plan; otherwise `mixwise export` writes its rows
+        entries = plan.to_trl_mixture({s.name: os.path.abspath(p) for s, p in zip(sources, args.sources)})
+    except ValueError as err:
+        entries, inexact = None, str(err)
+    else:
+        inexact = None
+    if entries is not None:
+        paths["mixture"] = os.path.join(args.out, "mixture.yaml")
+        with open(paths["mixture"], "w") as f:
+            yaml.safe_dump({"datasets": entries}, f, sort_keys=False)
+    return {"result": result, "plan": plan, "paths": paths, "inexact": inexact}
 
 
 def run(args: ScoreArguments, config: Any) -> int:
@@ -93,4 +100,7 @@ def run(args: ScoreArguments, config: Any) -> int:
         flag = "  (repeats rows)" if sp.repeated else ""
         print(f"  {name}\t{sp.count}\t{sp.weight:.4f}{flag}")
     print(f"wrote {', '.join(sorted(os.path.basename(p) for p in out['paths'].values()))} to {args.out}")
+    if out["inexact"]:
+        print(f"no mixture.yaml: {out['inexact']}")
+        print(f"  mixwise export {args.out} --sources {' '.join(args.sources)} --out {args.out}/export")
     return 0
