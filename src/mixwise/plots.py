@@ -13,16 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from .extras import require
+
 __all__ = ["figure", "figure_data_uri", "heatmap", "heatmap_figure", "save_figure"]
 
 
 def figure(width: float, height: float) -> Any:
     """A matplotlib `Figure` on an `Agg` canvas (no display, no global pyplot state)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:  # matplotlib is optional
-        raise ImportError(f"plots need matplotlib: pip install 'mixwise[report]' ({err})") from None
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "plots").FigureCanvasAgg  # matplotlib is optional
+    Figure = require("matplotlib.figure", "plots").Figure
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     return fig

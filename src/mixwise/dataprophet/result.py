@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import available
 from ..plan import Plan
 from .allocation import combine_targets, per_target_weights, select_instances
 from .config import DataProphetConfig, Terms
@@ -148,7 +149,7 @@ class DataProphetResult:
             for t in self.targets:
                 f.write(f"target,{t},{self.n_rows.get('target', {}).get(t, '')},{self.ppl_target.get(t, '')},,,\n")
         paths["signals"] = sig
-        if heatmap:
+        if heatmap and available("matplotlib", "the DataProphet heatmap"):
             from ..plots import heatmap as draw
 
             m = self.metric()
