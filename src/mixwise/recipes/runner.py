@@ -290,7 +290,9 @@ def _finish(trainer: Any, run: RecipeRun, log: Any, args: MixtureArguments) -> d
         trainer.save_state()
         out = Path(trainer.args.output_dir)
         (out / CONSUMED_NAME).write_text(json.dumps(result, indent=2))
-        if args.report:
+        from ..extras import available
+
+        if args.report and available("matplotlib", "report.html"):
             from ..report import build_report
 
             result["report"] = str(build_report(out))
