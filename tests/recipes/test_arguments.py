@@ -88,8 +88,9 @@ def test_recipes_are_shipped_listed_and_copied(tmp_path, capsys):
 
 def test_wheel_ships_the_recipes():
     """The recipes are package data (pyproject's package-data globs cover every shipped file)."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     from mixwise.recipes.shipped import CONFIG_DIR
 
