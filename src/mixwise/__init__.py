@@ -39,6 +39,7 @@ _LAZY = {
     "add_scores": "transforms",
     "apply_plan": "transforms",
     "select_mixture": "transforms",
+    "export_plan": "export",
     "transform_fingerprint": "fingerprint",
     "SELECTORS": "registry",
     "make_selector": "registry",
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from .cadc import CADC
     from .callback import SelectionCallback
     from .dataprophet import DataProphet, DataProphetInstances
+    from .export import export_plan
     from .fingerprint import transform_fingerprint
     from .icons import ICONS
     from .mixture import Mixture
