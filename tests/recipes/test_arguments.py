@@ -98,3 +98,19 @@ def test_wheel_ships_the_recipes():
     globs = data["tool"]["setuptools"]["package-data"]["mixwise.recipes"]
     shipped = {str(p.relative_to(CONFIG_DIR).parent) for p in Path(CONFIG_DIR).rglob("*.yaml")}
     assert {f"configs/{d}/*.yaml".replace("/./", "/") for d in shipped} <= set(globs)
+
+
+@pytest.mark.parametrize("name", [r.name for r in list_recipes() if r.name.startswith("accelerate/")])
+def test_accelerate_configs_load_with_accelerates_own_classes(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(recipe_path(name))
+    if name == "accelerate/fsdp":
+        # FULL_STATE_DICT: Trainer.save_model() gathers and writes model.safetensors (SHARDED_STATE_DICT writes none)
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=2, state_dict_type=config.fsdp_config["fsdp_state_dict_type"]
+        )
+        assert plugin.state_dict_type.name == "FULL_STATE_DICT"
