@@ -201,6 +201,8 @@ def prepare_run(
     from ..models import load_processing_class
 
     checks = check_recipe(args, training_args, kind)
+    if dataset_args is not None and dataset_args.datasets and args.sources:
+        raise ValueError("recipe fields `sources` and `datasets`: give the pool one way, not both")
     fractions = dataset_fractions(dataset_args)
     if fractions:
         if args.method not in ("uniform", "fixed_weights"):
