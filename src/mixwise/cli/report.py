@@ -47,7 +47,7 @@ def run(args: ReportArguments) -> int:
         raise UsageError(f"{len(args.names)} names for {len(runs)} runs")
     try:
         path = build_report(runs, args.out, names=args.names)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ImportError) as err:  # no run there; matplotlib missing (mixwise[report])
         raise UsageError(str(err)) from None
     print(f"wrote {path}")
     return 0
