@@ -34,6 +34,7 @@ def test_callback_scores_the_live_models_answers(tiny_llava):
     rows = make_source("count", 4, split="validation", seed=0)
     callback = TargetMetricsCallback({"count": rows}, processor, rows=4, max_new_tokens=6)
     answers = [callback.answer(model, prompt, images) for prompt, images, _ in callback.examples["count"]]
+
     # a target whose first two references are the model's own answers: exact match 2 of 4
     def own_answer(row, j):
         if j < 2:
