@@ -862,16 +862,22 @@ def _apply(source: Source, result: ScanResult, report: SkipReport, binary: list[
 
 
 def _decode_binary_columns(ds: datasets.Dataset, columns: list[str]) -> datasets.Dataset:
+    """`ds` (unindexed) with its binary text `columns` decoded to strings (`None` where the bytes are not UTF-8:
+    those rows are bad rows); the other columns are not copied."""
     import pyarrow as pa
+    from datasets.table import InMemoryTable
 
-    order = ds.column_names
-    schema = ds.features.arrow_schema
+    table = ds.data.table
     for c in columns:
-        values = [_decode_or_none(v) for v in ds.data.column(c).to_pylist()]
-        arrow_type = _as_string_type(schema.field(c).type)
-        feature = datasets.Features.from_arrow_schema(pa.schema([pa.field(c, arrow_type)]))[c]
-        ds = ds.remove_columns(c).add_column(c, pa.array(values, type=arrow_type), feature=feature)
-    return ds.select_columns(order)
+        values = [_decode_or_none(v) for v in table.column(c).to_pylist()]
+        arrow_type = _as_string_type(table.schema.field(c).type)
+        k = table.schema.get_field_index(c)
+        table = table.set_column(k, pa.field(c, arrow_type), pa.array(values, type=arrow_type))
+    info = ds.info.copy()
+    info.features = datasets.Features.from_arrow_schema(table.schema)
+    table = table.replace_schema_metadata(None)
+    fingerprint = short_hash([ds._fingerprint, "decoded", columns], 16)
+    return datasets.Dataset(InMemoryTable(table), info=info, split=ds.split, fingerprint=fingerprint)
 
 
 def _to_8bit(ds: datasets.Dataset, name: str) -> datasets.Dataset:
