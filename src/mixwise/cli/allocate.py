@@ -54,7 +54,7 @@ def read_mapping(path: str, option: str, what: str) -> dict:
 
 
 def run(args: AllocateArguments) -> int:
-    from ..plan import Plan, check_budget
+    from ..plan import Plan, check_budget, check_weights
     from ..sources import load_sources
 
     if not args.weights:
@@ -74,6 +74,7 @@ def run(args: AllocateArguments) -> int:
             )
         sizes = {n: s.get("size") for n, s in weights["sources"].items() if isinstance(s, dict)}
         weights = {n: s.get("weight") for n, s in weights["sources"].items() if isinstance(s, dict)}
+    check_weights(weights)  # a bad weight is named before anything is loaded
     if args.sources:
         try:
             sources = load_sources(args.sources, split=args.split)
