@@ -6,6 +6,7 @@ import pytest
 from helpers import text_sources
 
 from mixwise import DataError, Mixture, Plan
+from mixwise.mixture import source_column_fingerprint
 from mixwise.toy import corrupt_rows, make_source
 
 
@@ -99,3 +100,9 @@ def test_the_processor_and_max_length_are_checked_before_any_model(tiny_llava):
         Mixture(pool, budget=4, processing_class=processor, max_length=22)
     with pytest.raises(DataError, match=r"skipped every one of its 6 rows \(answer truncated away: 6\)"):
         Mixture(pool, budget=4, processing_class=processor, max_length=22, validate="skip")
+
+
+@pytest.mark.parametrize("name, n", [("count", 70_001), ("a", 1), ("ab", 1_000), ("é-ß", 2_001), ("x" * 300, 5)])
+def test_the_source_column_fingerprint_is_the_one_datasets_computes(name, n):
+    ds = datasets.Dataset.from_dict({"x": list(range(n))})
+    assert source_column_fingerprint(ds._fingerprint, "source", name, n) == ds.add_column("source", [name] * n)._fingerprint  # fmt: skip

@@ -8,6 +8,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import read_json, run_distributed
 from PIL import Image
 from trl.data_utils import prepare_multimodal_messages
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
@@ -354,3 +355,13 @@ def test_a_second_run_reads_the_cached_result(tmp_path, monkeypatch):
         validate_source(Source("colour", ds), on_error="skip", check_images=False, cache_dir=tmp_path)
     with pytest.raises(AssertionError, match="read again"):
         validate_source(Source("colour", ds.select(range(10))), on_error="skip", cache_dir=tmp_path)
+
+
+def test_one_rank_validates_and_every_rank_gets_the_result(tmp_path):
+    run_distributed("validate_ranks.py", [str(tmp_path)], nproc=2)
+    r0, r1 = (read_json(tmp_path / f"rank{r}.json") for r in (0, 1))
+    assert r0["scans"] == ["colour", "colour", "colour", "count"] and r1["scans"] == []
+    for key in ("report", "kept", "raised", "mixture", "fingerprint"):
+        assert r0[key] == r1[key], key
+    assert r0["report"]["by_reason"] == {"corrupt image": 1, "empty answer": 1}
+    assert r0["raised"].startswith("source 'colour', row 4, field 'images'")

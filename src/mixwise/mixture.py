@@ -11,7 +11,6 @@ an epoch starts, a callback can install a new plan in place after the dataloader
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 from .fingerprint import short_hash, stable_seed
 from .plan import Plan, check_budget
 from .sources import Source, as_sources
-from .validation import CheckedSource, SkipReport, check_source, decompose, validation_cache_dir
+from .validation import CheckedSource, SkipReport, check_source, decompose
 
 
 class Mixture:
@@ -240,10 +239,76 @@ def _constant(value: str, n: int) -> Any:
     return pa.repeat(pa.scalar(value, pa.string()), n)
 
 
-_CHECKED_REPLICA: bool | None = None  # whether the replica of datasets' add_column fingerprint matches it here
+_FAST_OK: bool | None = None  # whether the fast fingerprint equals datasets' own here (checked once per process)
 
 
-def _replica_fingerprint(fingerprint: str, column: str, values: list) -> str:
+def _list_pickle(value: str, n: int) -> bytes | None:
+    """The bytes `datasets.utils._dill.dumps([value] * n)` produces (pickle protocol 4, framed; strings are not
+    memoized), built without pickling `n` objects; `None` for strings of 256 bytes or more."""
+    import struct
+
+    item_bytes = value.encode("utf-8", "surrogatepass")
+    if len(item_bytes) > 255:
+        return None
+    item = b"\x8c" + bytes([len(item_bytes)]) + item_bytes  # SHORT_BINUNICODE
+    size, batch = len(item), 1000  # pickle's _BATCHSIZE
+    full, rest = divmod(n, batch)
+    parts = [b"]\x94"] + [b"(" + item * batch + b"e"] * full  # EMPTY_LIST MEMOIZE, then MARK items APPENDS
+    if rest > 1:
+        parts.append(b"(" + item * rest + b"e")
+    elif rest == 1:
+        parts.append(item + b"a")  # a batch of one: APPEND
+    parts.append(b".")
+    stream = b"".join(parts)
+
+    def start(i: int) -> int:  # where element i begins: pickle commits a frame only there
+        b, j = divmod(i, batch)
+        mark = 0 if (b == full and rest == 1) else 1
+        return 2 + b * (2 + batch * size) + mark + j * size
+
+    out = [b"\x80\x04"]
+    begin = 0
+    while True:
+        lo, hi = 0, n  # the first element that starts at least one frame target (64 KiB) past `begin`
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if start(mid) - begin >= 65536:
+                hi = mid
+            else:
+                lo = mid + 1
+        end = start(lo) if lo < n else len(stream)
+        frame = stream[begin:end]
+        out.append(b"\x95" + struct.pack("<Q", len(frame)) + frame if len(frame) >= 4 else frame)
+        if lo >= n:
+            return b"".join(out)
+        begin = end
+
+
+def _fast_fingerprint(fingerprint: str, column: str, name: str, n: int) -> str | None:
+    import xxhash
+    from datasets.fingerprint import Hasher, format_kwargs_for_fingerprint, format_transform_for_fingerprint
+
+    data = _list_pickle(name, n)
+    if data is None:
+        return None
+    func = inspect.unwrap(datasets.Dataset.add_column)
+    kwargs = format_kwargs_for_fingerprint(func, (None, column, [name]), {})
+    kwargs["fingerprint_name"] = "new_fingerprint"
+    hasher = Hasher()
+    hasher.update(fingerprint)
+    hasher.update(format_transform_for_fingerprint(func))
+    for key in sorted(kwargs):
+        hasher.update(key)
+        if key == "column":  # Hasher.update(list): its type, then the xxh64 of its pickle
+            hasher.m.update(f"=={list}==".encode())
+            hasher.m.update(xxhash.xxh64(data).hexdigest().encode("utf-8"))
+        else:
+            hasher.update(kwargs[key])
+    return hasher.hexdigest()
+
+
+def _datasets_fingerprint(fingerprint: str, column: str, name: str, n: int) -> str:
+    """What `add_column(column, [name] * n)` computes, by datasets' own functions (hashing the list: slow)."""
     from datasets.fingerprint import (
         format_kwargs_for_fingerprint,
         format_transform_for_fingerprint,
@@ -251,44 +316,31 @@ def _replica_fingerprint(fingerprint: str, column: str, values: list) -> str:
     )
 
     func = inspect.unwrap(datasets.Dataset.add_column)
-    stand_in = datasets.Dataset.from_dict({})
-    kwargs = format_kwargs_for_fingerprint(func, (stand_in, column, values), {})
+    kwargs = format_kwargs_for_fingerprint(func, (None, column, [name] * n), {})
     kwargs["fingerprint_name"] = "new_fingerprint"
     return update_fingerprint(fingerprint, format_transform_for_fingerprint(func), kwargs)
 
 
 def source_column_fingerprint(fingerprint: str, column: str, name: str, n: int) -> str:
     """The fingerprint `ds.add_column(column, [name] * n)` gives a dataset `ds` of `n` rows and fingerprint
-    `fingerprint`, computed with datasets' own fingerprint functions (checked once per process against a real
-    `add_column`) and cached on disk for large `n` (hashing the list takes about 1.7 s per million rows)."""
-    global _CHECKED_REPLICA
-    if _CHECKED_REPLICA is None:
-        probe = datasets.Dataset.from_dict({"x": [1, 2, 3]})
-        real = probe.add_column(column, [name] * 3)._fingerprint
-        _CHECKED_REPLICA = _replica_fingerprint(probe._fingerprint, column, [name] * 3) == real
-    if not _CHECKED_REPLICA:  # another datasets version: the real thing, on a stand-in with this fingerprint
-        import pyarrow as pa
-        from datasets.table import InMemoryTable
-
-        stand_in = datasets.Dataset(InMemoryTable(pa.table({"x": pa.nulls(n)})), fingerprint=fingerprint)
-        return stand_in.add_column(column, [name] * n)._fingerprint
-    if n < 100_000:
-        return _replica_fingerprint(fingerprint, column, [name] * n)
-    key = short_hash([fingerprint, column, name, n, datasets.__version__], 24)
-    path = validation_cache_dir().parent / "fingerprints" / f"{key}.txt"
-    try:
-        return path.read_text().strip()
-    except OSError:
-        pass
-    value = _replica_fingerprint(fingerprint, column, [name] * n)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(value)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return value
+    `fingerprint` — what earlier versions of `Mixture.dataset` computed by building and hashing that list (about
+    3 s per million rows) — from the list's pickle bytes, which are regular. Checked once per process against
+    datasets' own `add_column` (for lists that cross pickle's batches and frames); where they differ (another
+    datasets or dill version), datasets' own functions are used."""
+    global _FAST_OK
+    if _FAST_OK is None:
+        cases = (("count", 31_001), ("a", 1), ("two", 2), ("x" * 200, 1_000), ("b", 0), ("c", 2_001))
+        probes = [(value, datasets.Dataset.from_dict({"x": list(range(k))})) for value, k in cases]
+        _FAST_OK = all(
+            _fast_fingerprint(probe._fingerprint, "source", value, len(probe))
+            == probe.add_column("source", [value] * len(probe))._fingerprint
+            for value, probe in probes
+        )
+    if _FAST_OK:
+        fast = _fast_fingerprint(fingerprint, column, name, n)
+        if fast is not None:
+            return fast
+    return _datasets_fingerprint(fingerprint, column, name, n)
 
 
 __all__ = ["Mixture", "SkipReport", "source_column_fingerprint"]
