@@ -143,14 +143,25 @@ def test_token_counts_equal_the_collators(kind, tiny_llava, tiny_qwen2_vl):
     for exact in (False, True):
         check = TokenCheck(processor, None)
         check.exact = exact
+        items = [
+            {
+                "source": "s",
+                "row": k,
+                "fmt": "sft",
+                "value": raw[k]["messages"],
+                "images": raw[k]["images"],
+                "sizes": [(im.size[1], im.size[0]) for im in row["images"]],
+                "vision": True,
+            }  # fmt: skip
+            for k, row in enumerate(ds)
+        ]
+        texts, problems = check.render_all(items)
+        assert not problems
         for k, row in enumerate(ds):
-            lengths = collate(processor, [row])["input_ids"].shape[1]
-            item = {"source": "s", "row": k, "fmt": "sft", "value": raw[k]["messages"], "images": raw[k]["images"],
-                    "sizes": [(im.size[1], im.size[0]) for im in row["images"]], "vision": True}  # fmt: skip
-            full, _ = check.texts(item)
-            ids = check.tokenizer([full], add_special_tokens=False)["input_ids"][0]
-            counts = check.image_tokens(item["images"], item["sizes"])
-            assert len(ids) + sum(c - 1 for c in counts) == lengths, (kind, exact, k)
+            length = collate(processor, [row])["input_ids"].shape[1]
+            ids = check.tokenizer([texts[k]], add_special_tokens=False)["input_ids"][0]
+            counts = check.image_tokens(items[k]["images"], items[k]["sizes"])
+            assert len(ids) + sum(c - 1 for c in counts) == length, (kind, exact, k)
 
 
 def test_a_huge_question_with_no_max_length_is_refused_before_training(tiny_llava):
@@ -355,6 +366,12 @@ def test_a_second_run_reads_the_cached_result(tmp_path, monkeypatch):
         validate_source(Source("colour", ds), on_error="skip", check_images=False, cache_dir=tmp_path)
     with pytest.raises(AssertionError, match="read again"):
         validate_source(Source("colour", ds.select(range(10))), on_error="skip", cache_dir=tmp_path)
+
+
+def test_the_default_cache_is_under_mixwise_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXWISE_CACHE", str(tmp_path / "not-yet"))
+    validate_source(Source("count", make_source("count", 4)))
+    assert len(list((tmp_path / "not-yet" / "validation").glob("*.json"))) == 1
 
 
 def test_one_rank_validates_and_every_rank_gets_the_result(tmp_path):

@@ -227,6 +227,7 @@ class TokenCheck:
         )
         self.exact = not hasattr(processing_class, "_get_num_multimodal_tokens")
         self.verified = False
+        self.counts: dict[tuple[int, int], int] = {}  # tokens per image, by (height, width)
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -242,91 +243,105 @@ class TokenCheck:
         return int((np.asarray(out["input_ids"]) == self.image_token_id).sum())
 
     def image_tokens(self, images: Sequence[Any], sizes: Sequence[tuple[int, int]]) -> list[int]:
-        """Tokens each image expands to (`sizes` are `(height, width)`)."""
-        if not images:
-            return []
+        """Tokens each image expands to (`sizes` are `(height, width)`); counted once per size."""
+        out = []
+        for image, size in zip(images, sizes):
+            size = tuple(size)
+            if size not in self.counts:
+                self.counts[size] = self._count(image, size)
+            out.append(self.counts[size])
+        return out
+
+    def _count(self, image: Any, size: tuple[int, int]) -> int:
         if not self.exact:
             try:
-                counts = list(
-                    self.processing_class._get_num_multimodal_tokens(image_sizes=[list(s) for s in sizes])[
-                        "num_image_tokens"
-                    ]
-                )
+                count = int(self.processing_class._get_num_multimodal_tokens(image_sizes=[list(size)])["num_image_tokens"][0])  # fmt: skip
             except Exception:  # a processor whose helper needs more than sizes: count by running it
-                counts = None
-            if counts is not None and not self.verified:
+                count = None
+            if count is not None and not self.verified:
                 self.verified = True
-                if counts[0] != self._exact_image_tokens(images[0]):
-                    counts = None
-            if counts is None:
-                self.exact = True
-            else:
-                return [int(c) for c in counts]
-        return [self._exact_image_tokens(im) for im in images]
+                if count != self._exact_image_tokens(image):
+                    count = None
+            if count is not None:
+                return count
+            self.exact = True
+        return self._exact_image_tokens(image)
 
     # -- rows -----------------------------------------------------------------------------------------------------
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+    def render(self, messages: list[Any], add_generation_prompt: bool = False) -> Any:
+        """The chat template's rendering, as TRL's collator asks for it (a list of conversations: a list)."""
         return self.processing_class.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def check(self, items: Sequence[dict[str, Any]]) -> dict[int, DataError]:
-        """Check rows; each item: `{"row", "fmt", "value"` (messages or prompt)`, "images", "sizes", "source"}`.
-        Returns `{position in items: DataError}` for the bad ones."""
+    def conversation(self, it: dict[str, Any]) -> tuple[Any, bool]:
+        """`(what is rendered, add_generation_prompt)`: the messages as TRL's collator builds them (SFT), the prompt
+        with the generation prompt (RL), or a plain string prompt as it is."""
+        value = it["value"]
+        if it["fmt"] == "rl" and isinstance(value, str):
+            return value, True
+        messages, _ = trl_messages(value, len(it["images"])) if it["vision"] else (list(value), 0)
+        return messages, it["fmt"] == "rl"
+
+    def template_error(self, it: dict[str, Any], err: Exception) -> DataError:
+        return DataError(
+            it["source"],
+            it["row"],
+            "messages" if it["fmt"] == "sft" else "prompt",
+            f"the chat template cannot render this row ({type(err).__name__}: {err})",
+            reason="chat template fails",
+        )
+
+    def render_all(self, items: Sequence[dict[str, Any]]) -> tuple[list[str | None], dict[int, DataError]]:
+        """Each item's full rendering, one batched template call per kind (falling back to one row at a time to
+        name the rows the template refuses)."""
+        texts: list[str | None] = [None] * len(items)
         problems: dict[int, DataError] = {}
-        texts: list[str] = []
-        spans: list[tuple[int, int | None]] = []  # (index of the full text, index of the prompt text or None)
+        groups: dict[bool, list[tuple[int, Any]]] = {False: [], True: []}
         for k, it in enumerate(items):
+            conv, agp = self.conversation(it)
+            if isinstance(conv, str):
+                texts[k] = conv
+            else:
+                groups[agp].append((k, conv))
+        for agp, group in groups.items():
+            if not group:
+                continue
             try:
-                full, prompt = self.texts(it)
-            except DataError as err:
-                problems[k] = err
-                spans.append((-1, None))
-                continue
-            spans.append((len(texts), None if prompt is None else len(texts) + 1))
-            texts.append(full)
-            if prompt is not None:
-                texts.append(prompt)
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        for k, it in enumerate(items):
-            if k in problems:
-                continue
-            full_i, prompt_i = spans[k]
-            err = self.check_tokens(it, ids[full_i], None if prompt_i is None else ids[prompt_i])
+                rendered = self.render([conv for _, conv in group], add_generation_prompt=agp)
+                for (k, _), text in zip(group, rendered):
+                    texts[k] = text
+            except Exception:  # jinja2 TemplateError (e.g. a template's raise_exception), TypeError, ...
+                for k, conv in group:
+                    try:
+                        texts[k] = self.render(conv, add_generation_prompt=agp)
+                    except Exception as err:
+                        problems[k] = self.template_error(items[k], err)
+        return texts, problems
+
+    def check(self, items: Sequence[dict[str, Any]]) -> dict[int, DataError]:
+        """Check rows; each item: `{"source", "row", "fmt", "value"` (messages or prompt)`, "images", "sizes",
+        "vision", "images_read"}`. Returns `{position in items: DataError}` for the bad ones."""
+        texts, problems = self.render_all(items)
+        todo = [k for k in range(len(items)) if k not in problems]
+        ids = self.tokenizer([texts[k] for k in todo], add_special_tokens=False)["input_ids"] if todo else []
+        for k, full in zip(todo, ids):
+            err = self.check_tokens(items[k], full)
             if err is not None:
                 problems[k] = err
         return problems
 
-    def texts(self, it: dict[str, Any]) -> tuple[str, str | None]:
-        """The full rendering and (SFT) the rendering up to the first answer, with the generation prompt."""
-        name, row = it["source"], it["row"]
-        n_images = len(it["images"])
-        value = it["value"]
-        try:
-            if it["fmt"] == "sft":
-                messages, _ = trl_messages(value, n_images) if it["vision"] else (list(value), 0)
-                first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), None)
-                full = self.render(messages)
-                prompt = self.render(messages[:first], add_generation_prompt=True) if first else ""
-                return full, prompt
-            if isinstance(value, str):
-                return value, None
-            messages, _ = trl_messages(value, n_images) if it["vision"] else (list(value), 0)
-            return self.render(messages, add_generation_prompt=True), None
-        except DataError:
-            raise
-        except Exception as err:  # jinja2 TemplateError (e.g. a template's raise_exception), TypeError, ...
-            field_name = "messages" if it["fmt"] == "sft" else "prompt"
-            raise DataError(
-                name,
-                row,
-                field_name,
-                f"the chat template cannot render this row ({type(err).__name__}: {err})",
-                reason="chat template fails",
-            ) from None
+    def prompt_ids(self, it: dict[str, Any]) -> list[int]:
+        """Tokens of an SFT row's rendering up to its first answer, with the generation prompt."""
+        messages, _ = self.conversation(it)
+        first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), 0)
+        if first == 0:
+            return []
+        text = self.render(messages[:first], add_generation_prompt=True)
+        return self.tokenizer([text], add_special_tokens=False)["input_ids"][0]
 
-    def check_tokens(self, it: dict[str, Any], full: list[int], prompt: list[int] | None) -> DataError | None:
+    def check_tokens(self, it: dict[str, Any], full: list[int]) -> DataError | None:
         name, row, images = it["source"], it["row"], it["images"]
         text_field = "messages" if it["fmt"] == "sft" else "prompt"
         positions = (
@@ -378,7 +393,11 @@ class TokenCheck:
                     f"{end} of {length}); raise max_length",
                     reason="image tokens truncated",
                 )
-        if prompt is not None:
+        if it["fmt"] == "sft":  # only a truncated row needs its prompt rendered
+            try:
+                prompt = self.prompt_ids(it)
+            except Exception as err:
+                return self.template_error(it, err)
             common = next((i for i, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
             start = common + int(extra[sum(1 for p in positions if p < common)])
             if start >= self.max_length:
@@ -747,6 +766,7 @@ def _read_cache(path: pathlib.Path) -> ScanResult | None:
 
 def _write_cache(path: pathlib.Path, result: ScanResult) -> None:
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             path,
             {"total": result.total, "problems": [list(p) for p in result.problems], "depth_rows": result.depth_rows},
