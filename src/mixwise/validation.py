@@ -325,7 +325,11 @@ class TokenCheck:
         "vision", "images_read"}`. Returns `{position in items: DataError}` for the bad ones."""
         texts, problems = self.render_all(items)
         todo = [k for k in range(len(items)) if k not in problems]
-        ids = self.tokenizer([texts[k] for k in todo], add_special_tokens=False)["input_ids"] if todo else []
+        ids = (
+            self.tokenizer([texts[k] for k in todo], add_special_tokens=False, verbose=False)["input_ids"]
+            if todo
+            else []
+        )
         for k, full in zip(todo, ids):
             err = self.check_tokens(items[k], full)
             if err is not None:
@@ -339,7 +343,7 @@ class TokenCheck:
         if first == 0:
             return []
         text = self.render(messages[:first], add_generation_prompt=True)
-        return self.tokenizer([text], add_special_tokens=False)["input_ids"][0]
+        return self.tokenizer([text], add_special_tokens=False, verbose=False)["input_ids"][0]
 
     def check_tokens(self, it: dict[str, Any], full: list[int]) -> DataError | None:
         name, row, images = it["source"], it["row"], it["images"]
