@@ -594,7 +594,9 @@ def run_scan(settings: ScanSettings, num_proc: int, batch_size: int, progress: b
 
     n = len(settings.raw)
     workers = max(1, min(num_proc, math.ceil(n / MIN_ROWS_PER_PROCESS)))
-    chunk = max(batch_size, min(8192, n // (workers * 8) or 1)) if workers > 1 else batch_size
+    # Many small chunks keep the processes busy to the end (the last chunk is the only wait); single reads of at
+    # most 8192 rows keep memory flat and let a raise stop early.
+    chunk = max(32, min(8192, math.ceil(n / (workers * 16)))) if workers > 1 else batch_size
     bounds = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
     problems: list[tuple[int, str, str, str]] = []
     depth: list[int] = []
