@@ -103,7 +103,7 @@ def load_pool_and_targets(
     args: MixtureArguments, fmt: str, dataset_args: Any = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """`({name: Dataset}, {name: Dataset})` of the pool and the targets (the toy world when none are given)."""
-    from ..sources import load_source, load_target
+    from ..sources import load_sources
     from ..toy import FAMILIES, make_source
 
     families = list(args.toy_families or FAMILIES)
@@ -113,22 +113,12 @@ def load_pool_and_targets(
         raise ValueError("recipe fields `sources` and `datasets`: give the pool one way, not both")
     if from_datasets:
         pool = _pool_from_datasets(dataset_args)
-    elif args.sources:
-        pool = {}
-        for spec in args.sources:
-            source = load_source(spec, split=args.source_split)
-            if source.name in pool:
-                raise ValueError(f"recipe field `sources`: two sources are named {source.name!r} ({spec!r})")
-            pool[source.name] = source.dataset
+    elif args.sources:  # the same data twice is refused, not merged
+        pool = {s.name: s.dataset for s in load_sources(args.sources, split=args.source_split)}
     else:
         pool = {f: make_source(f, args.toy_n_train, split="train", seed=seed, fmt=fmt) for f in families}
     if args.targets:
-        targets = {}
-        for spec in args.targets:
-            target = load_target(spec, args.target_split)
-            if target.name in targets:
-                raise ValueError(f"recipe field `targets`: two targets are named {target.name!r} ({spec!r})")
-            targets[target.name] = target.dataset
+        targets = {t.name: t.dataset for t in load_sources(args.targets, split=args.target_split, role="target")}
     elif not args.sources and not from_datasets:
         targets = {f: make_source(f, args.toy_n_target, split="validation", seed=seed, fmt=fmt) for f in families}
     else:
@@ -138,8 +128,10 @@ def load_pool_and_targets(
 
 def resolve_budget(args: MixtureArguments, pool_size: int) -> int:
     """The budget in rows: `budget`, else `round(budget_ratio × pool size)` (at least 1)."""
+    from ..plan import check_budget
+
     if args.budget is not None:
-        return int(args.budget)
+        return check_budget(args.budget)
     if args.budget_ratio is not None:
         if not 0 < args.budget_ratio <= 1:
             raise ValueError(f"budget_ratio must be in (0, 1], got {args.budget_ratio}")
@@ -181,8 +173,9 @@ def model_init_kwargs(model_args: Any, training_args: Any) -> dict[str, Any]:
 
 
 def build_mixture(args: MixtureArguments, training_args: Any, pool: dict[str, Any], processor: Any) -> Any:
-    """The one place a recipe builds its `Mixture`: validated rows, the budget, the run's seed. (`processor` and
-    `training_args.max_length` are what the training stack will use, for validation that needs them.)"""
+    """The one place a recipe builds its `Mixture`: validated rows, the budget, the run's seed. Validation gets the
+    processor and `max_length` the trainer will use (SFT truncates to `training_args.max_length`; GRPO has no prompt
+    truncation), so every row the training stack would reject is named before the model is loaded."""
     from ..mixture import Mixture
 
     return Mixture(
@@ -190,6 +183,8 @@ def build_mixture(args: MixtureArguments, training_args: Any, pool: dict[str, An
         budget=resolve_budget(args, sum(map(len, pool.values()))),
         seed=training_args.seed,
         validate=args.validate,
+        processing_class=processor,
+        max_length=getattr(training_args, "max_length", None),  # SFTConfig's; GRPOConfig has none
     )
 
 

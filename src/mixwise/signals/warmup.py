@@ -485,6 +485,52 @@ def trainer_optimizer_order(model: torch.nn.Module) -> tuple[list[str], list[int
     return first + second, [len(first), len(second)]
 
 
+def optimizer_kind(groups: Sequence[dict], state: dict) -> str:
+    """A name for the optimizer whose `state_dict()` this is, from its parameter-group and state keys (the
+    checkpoint does not record the optimizer's class)."""
+    group_keys = set().union(*(g.keys() for g in groups)) if groups else set()
+    state_keys = set().union(*(e.keys() for e in state.values())) if state else set()
+    if {"decay_rate", "clip_threshold"} <= group_keys or state_keys & {"exp_avg_sq_row", "exp_avg_sq_col"}:
+        return "Adafactor"
+    if state_keys & {"state1", "qmap1", "absmax1"}:
+        return "a bitsandbytes optimizer (quantized state)"
+    if "momentum_buffer" in state_keys or ({"momentum", "dampening"} <= group_keys and "betas" not in group_keys):
+        return "SGD"
+    if "square_avg" in state_keys:
+        return "RMSprop"
+    if "sum" in state_keys:
+        return "Adagrad"
+    if {"exp_avg", "exp_avg_sq"} <= state_keys:
+        return "Adam"
+    if not state_keys:
+        return "an optimizer that holds no per-parameter state"
+    return f"an optimizer with state keys {sorted(state_keys)}"
+
+
+def require_adam_state(checkpoint: str) -> None:
+    """Refuse (naming the optimizer found) a checkpoint whose `optimizer.pt` holds no Adam moments, before any
+    model is loaded."""
+    path = os.path.join(checkpoint, "optimizer.pt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{checkpoint} has no optimizer.pt; 'adam' features need the warm-up's optimizer state (train with "
+            "save_only_model=False)"
+        )
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    _require_adam(checkpoint, saved["param_groups"], saved["state"])
+
+
+def _require_adam(checkpoint: str, groups: Sequence[dict], state: dict) -> None:
+    kind = optimizer_kind(groups, state)
+    if kind != "Adam":
+        keys = sorted(set().union(*(e.keys() for e in state.values()))) if state else []
+        raise ValueError(
+            f"pool_mode='adam' needs Adam moments (exp_avg, exp_avg_sq), but optimizer.pt of {checkpoint} holds the "
+            f"state of {kind} (state keys: {keys}); warm up with an Adam optimizer (optim='adamw_torch') or use "
+            "pool_mode='sgd'"
+        )
+
+
 def load_adam_state(checkpoint: str, model: torch.nn.Module, names: Sequence[str] | None = None) -> AdamState:
     """The Adam moments of `model`'s LoRA parameters from a `Trainer` checkpoint, matched **by name**.
 
@@ -492,7 +538,9 @@ def load_adam_state(checkpoint: str, model: torch.nn.Module, names: Sequence[str
     checkpoint's `mixwise_optimizer_params.json` (written by the warm-up from the live optimizer) or, for checkpoints
     of other `Trainer` runs, from [`trainer_optimizer_order`] applied to `model` (which must have the same trainable
     parameters as the trained model, e.g. loaded with [`attach_adapter`]). Every state tensor's shape is checked
-    against its named parameter; a mismatch raises naming the parameter and index.
+    against its named parameter; a mismatch raises naming the parameter and index. A checkpoint of another optimizer
+    (Adafactor, SGD, ...) is refused naming the optimizer found, and so is one missing the moments of any parameter
+    (zero moments would silently change the features).
 
     Args:
         checkpoint: the checkpoint directory.
@@ -507,6 +555,7 @@ def load_adam_state(checkpoint: str, model: torch.nn.Module, names: Sequence[str
         )
     saved = torch.load(path, map_location="cpu", weights_only=True)
     groups, state = saved["param_groups"], saved["state"]
+    _require_adam(checkpoint, groups, state)
     indices = [int(i) for g in groups for i in g["params"]]
     sizes = [len(g["params"]) for g in groups]
     recorded = os.path.join(checkpoint, OPTIMIZER_NAMES_FILE)
@@ -539,10 +588,8 @@ def load_adam_state(checkpoint: str, model: torch.nn.Module, names: Sequence[str
         idx = by_name[name]
         shape = tuple(params[name].shape)
         entry = state.get(idx)
-        if entry is None or "exp_avg" not in entry:
+        if entry is None or "exp_avg" not in entry or "exp_avg_sq" not in entry:
             missing.append(name)
-            exp_avg[name] = torch.zeros(shape)
-            exp_avg_sq[name] = torch.zeros(shape)
             continue
         for key in ("exp_avg", "exp_avg_sq"):
             if tuple(entry[key].shape) != shape:
@@ -552,6 +599,12 @@ def load_adam_state(checkpoint: str, model: torch.nn.Module, names: Sequence[str
                 )
         exp_avg[name] = entry["exp_avg"].float()
         exp_avg_sq[name] = entry["exp_avg_sq"].float()
+    if missing:  # zero moments would turn the features into (1-β1)g/sqrt((1-β2)g²+ε) without a word
+        raise ValueError(
+            f"optimizer.pt of {checkpoint} has no Adam moments for {len(missing)} of the {len(wanted)} parameters "
+            f"(e.g. {missing[0]!r}, matched via {origin}): they never took an optimizer step; 'adam' features need "
+            "the moments of every parameter"
+        )
     betas = {tuple(g.get("betas", (0.9, 0.999))) for g in groups}
     if len(betas) != 1:
         raise ValueError(f"parameter groups of {checkpoint} use different Adam betas {betas}")
