@@ -114,3 +114,38 @@ def test_accelerate_configs_load_with_accelerates_own_classes(name):
             fsdp_version=2, state_dict_type=config.fsdp_config["fsdp_state_dict_type"]
         )
         assert plugin.state_dict_type.name == "FULL_STATE_DICT"
+
+
+def test_a_row_the_collator_would_reject_is_named_before_the_model_loads(tmp_path, monkeypatch):
+    """A pool row with two images but one placeholder: the recipe's validation (with the processor) names it, and
+    no model is ever loaded."""
+    from mixwise.toy import make_source
+
+    ds = make_source("count", 6, seed=3)
+    rows = ds.to_list()
+    rows[2]["images"] = rows[2]["images"] * 2
+    bad = type(ds).from_list(rows, features=ds.features)
+    bad.save_to_disk(str(tmp_path / "count"))
+    make_source("colour", 6, seed=3).save_to_disk(str(tmp_path / "colour"))
+    loaded = []
+    import transformers
+
+    original = transformers.PreTrainedModel.from_pretrained.__func__
+    monkeypatch.setattr(
+        transformers.PreTrainedModel,
+        "from_pretrained",
+        classmethod(lambda cls, *a, **k: loaded.append(cls) or original(cls, *a, **k)),
+    )
+    with pytest.raises(ValueError, match=r"source 'count', row 2, field 'images'"):
+        main(["sft", "--config", "sft_uniform", "--output_dir", str(tmp_path / "r"), "--sources",
+              str(tmp_path / "count"), str(tmp_path / "colour"), "--budget", "4"])  # fmt: skip
+    assert loaded == []
+
+
+def test_the_same_source_twice_is_refused(tmp_path):
+    from mixwise.toy import make_source
+
+    make_source("count", 6, seed=3).save_to_disk(str(tmp_path / "count"))
+    with pytest.raises(ValueError, match="given twice"):
+        main(["sft", "--config", "sft_uniform", "--output_dir", str(tmp_path / "r"), "--sources",
+              str(tmp_path / "count"), str(tmp_path / "count"), "--budget", "4"])  # fmt: skip
