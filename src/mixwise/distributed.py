@@ -41,6 +41,7 @@ __all__ = [
     "RankError",
     "barrier",
     "broadcast",
+    "gather_agreed",
     "init_state",
     "is_main_process",
     "map_across_ranks",
@@ -135,11 +136,20 @@ def _raise_first(errors: Sequence[bytes | None], own: BaseException | None) -> N
             raise _rebuild(payload, rank) from None
 
 
-def _gather(obj: Any) -> list[Any]:
-    """`obj` of every rank, in rank order, on every rank (one collective)."""
+def gather_agreed(obj: Any, error: BaseException | None = None) -> list[Any]:
+    """`obj` of every rank, in rank order, on every rank — one collective — then, if `error` (this rank's
+    exception, caught by the caller) or another rank's is set, that exception raised on every rank (the lowest
+    failing rank's; a failing rank raises its own)."""
+    st = state()
+    if st.num_processes == 1:
+        if error is not None:
+            raise error
+        return [obj]
     from accelerate.utils import gather_object
 
-    return list(gather_object([obj]))
+    gathered = list(gather_object([(obj, _error_payload(error))]))
+    _raise_first([e for _, e in gathered], error)
+    return [o for o, _ in gathered]
 
 
 def map_across_ranks(fn: Callable[[Sequence[T]], Sequence[R]], items: Sequence[T], lockstep: bool = False) -> list[R]:
@@ -178,10 +188,8 @@ def map_across_ranks(fn: Callable[[Sequence[T]], Sequence[R]], items: Sequence[T
             results = results[: len(local)]
     except Exception as err:  # handed to every rank through the gather below, then raised everywhere
         error, results = err, []
-    gathered = _gather((results, _error_payload(error)))
-    _raise_first([e for _, e in gathered], error)
     # shares are contiguous and in rank order, so the concatenation is in the original order
-    return [r for part, _ in gathered for r in part]
+    return [r for part in gather_agreed(results, error) for r in part]
 
 
 def run_agreed(fn: Callable[[], T]) -> T:
@@ -195,7 +203,7 @@ def run_agreed(fn: Callable[[], T]) -> T:
         result = fn()
     except Exception as err:
         error = err
-    _raise_first(_gather(_error_payload(error)), error)
+    gather_agreed(None, error)
     return result
 
 
