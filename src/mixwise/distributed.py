@@ -45,12 +45,14 @@ __all__ = [
     "init_state",
     "is_main_process",
     "map_across_ranks",
+    "pack_error",
     "replicate",
     "run_agreed",
     "share",
     "sharding",
     "shutdown",
     "state",
+    "unpack_error",
     "unsharded",
     "wait_for_path",
 ]
@@ -105,9 +107,10 @@ class RankError(RuntimeError):
     """Raised on every rank when the work of another rank raised an exception that cannot be rebuilt here."""
 
 
-def _error_payload(err: BaseException | None) -> bytes | None:
+def pack_error(err: BaseException | None) -> bytes | None:
     """The exception as bytes another rank can rebuild: its class, `args` and attributes (exceptions whose
-    constructor takes other arguments than `args`, such as `DataError`, do not survive a plain pickle)."""
+    constructor takes other arguments than `args`, such as `DataError`, do not survive a plain pickle); rebuilt by
+    [`unpack_error`]."""
     if err is None:
         return None
     try:
@@ -118,12 +121,13 @@ def _error_payload(err: BaseException | None) -> bytes | None:
         return pickle.dumps((RankError, (f"{type(err).__name__}: {err}",), {}))
 
 
-def _rebuild(payload: bytes, rank: int) -> BaseException:
+def unpack_error(payload: bytes, where: str) -> BaseException:
+    """The exception [`pack_error`] packed, noting `where` it was raised."""
     cls, args, attrs = pickle.loads(payload)
     err = cls.__new__(cls)
     BaseException.__init__(err, *args)
     err.__dict__.update(attrs)
-    err.add_note(f"(raised on rank {rank}; every rank raises it)")
+    err.add_note(f"(raised in {where})")
     return err
 
 
@@ -133,7 +137,7 @@ def _raise_first(errors: Sequence[bytes | None], own: BaseException | None) -> N
         raise own
     for rank, payload in enumerate(errors):
         if payload is not None:
-            raise _rebuild(payload, rank) from None
+            raise unpack_error(payload, f"rank {rank}; every rank raises it") from None
 
 
 def gather_agreed(obj: Any, error: BaseException | None = None) -> list[Any]:
@@ -147,7 +151,7 @@ def gather_agreed(obj: Any, error: BaseException | None = None) -> list[Any]:
         return [obj]
     from accelerate.utils import gather_object
 
-    gathered = list(gather_object([(obj, _error_payload(error))]))
+    gathered = list(gather_object([(obj, pack_error(error))]))
     _raise_first([e for _, e in gathered], error)
     return [o for o, _ in gathered]
 
