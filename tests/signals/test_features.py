@@ -3,33 +3,19 @@ main process), so the checkpoints, datastores and selection are the same for 1, 
 callback, from `mixwise select` and from the recipes — and the training run consumes exactly the plan's rows."""
 
 import collections
-import filecmp
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, SCRIPTS, read_json, run_distributed
+from helpers import ROOT, SCRIPTS, read_json, run_distributed, tree_diff
 
 from mixwise import Plan
 
 pytestmark = pytest.mark.slow
 sys.path.insert(0, str(SCRIPTS))
 import icons_warmup_train as script  # noqa: E402
-
-
-def tree_diff(a, b) -> list[str]:
-    """Files whose bytes differ between two directory trees (or that exist on one side only)."""
-    cmp = filecmp.dircmp(a, b)
-    out = [os.path.join(a, n) for n in cmp.left_only + cmp.right_only]
-    for name in cmp.common_files:
-        with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
-            if fa.read() != fb.read():
-                out.append(os.path.join(a, name))
-    for sub in cmp.common_dirs:
-        out += tree_diff(os.path.join(a, sub), os.path.join(b, sub))
-    return out
 
 
 def test_warmup_in_the_callback_is_the_same_for_one_two_and_three_processes(tiny_llava_path, tmp_path):
