@@ -220,3 +220,63 @@ def test_killed_run_resumes_byte_identical(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads((tmp_path / "second.json").read_text()) == [3, 4, 5]
     assert same_bytes(ref, test) == []
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_write_a_store_byte_identical_to_one_process(tmp_path):
+    """A simulated 2-node torchrun (two node ranks on localhost, one process each, one work dir as on a shared file
+    system): every chunk is written by exactly one process into files of its own, and the store is byte-identical
+    to one process's."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    script = str(SCRIPTS / "store_fill.py")
+    one = subprocess.run([sys.executable, script, str(tmp_path / "one"), str(tmp_path / "one-out")], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = str(free_port())
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(rank),
+                "--nproc_per_node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+                script,
+                str(tmp_path / "two"),
+                str(tmp_path / "two-out"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-3000:]
+    ranks = [json.loads((tmp_path / "two-out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2] and [r["node"] for r in ranks] == ["0", "1"]
+    store = Datastore.open(tmp_path / "two")
+    assert store.layout == "chunks" and store.complete and store.n_chunks == 6
+    assert ranks[0]["computed"] == [0, 2, 4] and ranks[1]["computed"] == [1, 3, 5]  # one writer per chunk file
+    assert sorted(os.listdir(tmp_path / "two" / "chunks")) == sorted(
+        os.path.basename(f) for c in range(6) for f in store.chunk_files(c)
+    )
+    assert same_bytes(tmp_path / "one", tmp_path / "two") == []
