@@ -130,3 +130,16 @@ def test_dataprophet_signals_with_fewer_rows_than_processes(counted, world, tiny
             got = r[case]["result"]
             for s in one:
                 assert got[s] == pytest.approx(one[s], rel=1e-6, abs=1e-9), (case, s)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_failing_warmup_raises_on_every_rank(counted, world):
+    """The main process trains the warm-up in a child process while the others wait; the child's exception is raised
+    on every rank (not a hang)."""
+    errors = {r["warm-up fails in the main process's child"].get("error") for r in counted[world]}
+    assert len(errors) == 1
+    assert (
+        errors.pop()
+        == "DataError: source 'warmup', row -1, field 'images': truncation to max_length=4 would cut image tokens; raise max_length"
+    )

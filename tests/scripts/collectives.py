@@ -8,7 +8,7 @@ gather that uses an all-gather inside counts once). Every rank writes OUT_DIR/ra
 what the rank computed, and the result or the exception it raised. Cases: `map_across_ranks` (plain and lockstep,
 0 .. 2N+1 items, an exception on one rank), `shared_store` + `fill_store` (fewer chunks than processes, N+1 chunks,
 an exception in one rank's chunk), DataProphet's signal computation on the tiny LLaVA (2 and 3 rows in all: fewer
-than 3 processes, and not a multiple of 2).
+than 3 processes, and not a multiple of 2), a warm-up that fails in the main process's child.
 """
 
 import collections
@@ -165,6 +165,17 @@ def main():
             return result.metric().to_dict()
 
         run_case(record, f"dataprophet {sum(sizes.values())} rows", dataprophet)
+
+    def warmup_fails(entry):
+        from mixwise import Mixture
+        from mixwise.signals.warmup import WarmupConfig, run_warmup
+        from mixwise.toy import make_source
+
+        pool = Mixture({"count": make_source("count", 4, seed=1)}, budget=2, validate=False).dataset
+        cfg = WarmupConfig.tiny(fraction=0.5, max_length=4)  # 4 tokens would cut the image tokens: a bad row
+        return run_warmup(model_dir, None, pool, os.path.join(out_dir, "warmup"), cfg, progress=False).rows
+
+    run_case(record, "warm-up fails in the main process's child", warmup_fails)
 
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
