@@ -566,7 +566,7 @@ def shared_store(
     if st.is_main_process:
         try:
             store = main()
-        except (OSError, ValueError) as err:  # every rank raises it, instead of the others waiting forever
+        except Exception as err:  # every rank raises it, instead of the others waiting forever
             error = err
     error = distributed.broadcast(error)
     if error is not None:
