@@ -6,10 +6,14 @@ a 2B-class LLaVA shape in bf16 (random weights), next to their references, in on
 
 Measured, on the same model and rows (toy rows at the shape's image size, answers of varied length):
 
-* `featurizer` — `GradientFeaturizer` (batched per-sample LoRA gradients through hooks, blockwise Gaussian
-  projection to `--dim` with the default 1 GiB block cache) on `--rows` rows: samples/s;
+* `featurizer` — `GradientFeaturizer` (batched per-sample LoRA gradients through hooks) on `--rows` rows,
+  projected to `--dim` by the per-layer factorized projection (default: no per-sample gradient materialised; the
+  2B shape's LoRA gradient has D ≈ 121M entries, whose dense D × 8192 Gaussian matrix cannot be cached and is
+  regenerated blockwise at every buffer flush) or `--projector gaussian` (buffering `--buffer_gb` of gradients per
+  flush): samples/s;
 * `less_ref` — the LESS / ICONS way on `--ref_rows` rows: batch size 1, `loss.backward()`, the LoRA `.grad`s
-  flattened and projected with the same blockwise projector: samples/s; ratio featurizer / less_ref (goal >= 10);
+  flattened and projected with a blockwise Gaussian projector regenerated at every call (as TRAK's projector,
+  which LESS uses, does): samples/s; ratio featurizer / less_ref (goal >= 10);
 * `train_step` — a plain LoRA training step (forward + backward + AdamW) on the same batches: samples/s; ratio
   featurizer / train_step (goal >= 0.8);
 * MFU of each: `k · P · T / seconds / peak`, with P the model's parameters, T the tokens processed, k = 6 for the
@@ -105,7 +109,16 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=8192)
     p.add_argument("--r", type=int, default=128)
     p.add_argument("--peak_tflops", type=float, default=989.0)
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: featurizer,less_ref,train_step,dataprophet")
+    p.add_argument(
+        "--projector",
+        choices=["gaussian", "factorized"],
+        default="factorized",
+        help="the featurizer's projection (the reference always projects densely)",
+    )
+    p.add_argument("--buffer_gb", type=float, default=8.0, help="per-sample gradients buffered per projection")
+    p.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: featurizer,less_ref,train_step,dataprophet"
+    )
     a = p.parse_args()
     skip = set(filter(None, a.skip.split(",")))
 
@@ -131,7 +144,8 @@ def main() -> None:
         print(f"  {name:<12} {n / seconds:9.2f} samples/s   MFU {flops / seconds / peak:6.1%}", flush=True)
 
     if "featurizer" not in skip:
-        feat = GradientFeaturizer(model, processor, FeaturizerConfig(batch_size=a.batch), projector=spec)
+        cfg = FeaturizerConfig(batch_size=a.batch, max_buffer_bytes=int(a.buffer_gb * 2**30))
+        feat = GradientFeaturizer(model, processor, cfg, projector=ProjectorSpec(kind=a.projector, dim=a.dim, seed=0))
         feat.featurize_rows(data[: a.batch], names[: a.batch])  # warm-up: kernels, allocator, projection blocks
         seconds = timed(lambda: feat.featurize_rows(data, names), a.device)
         report("featurizer", a.rows, seconds, 4 * n_params * tokens)
@@ -141,7 +155,7 @@ def main() -> None:
         params = [p for n_, p in model.named_parameters() if "lora_" in n_]
         for n_, p in model.named_parameters():
             p.requires_grad_("lora_" in n_)
-        proj = BlockProjector(sum(p.numel() for p in params), spec, device=torch.device(a.device))
+        proj = BlockProjector(sum(p.numel() for p in params), spec, cache_bytes=0, device=torch.device(a.device))
         model.eval()
 
         def one(row):
