@@ -10,6 +10,8 @@ optimizer state saved in the checkpoint.
   q/k/v/o projections, lr 2e-5, 4 epochs, linear schedule. [`WarmupConfig.tiny`]: the same shapes scaled down for the
   test zoo. A checkpoint (adapter + `optimizer.pt` + `trainer_state.json`) is written after every epoch.
 * **Rows.** A seeded uniform sample of `round(fraction · N)` pool rows (at least one), the same in every process.
+* **Processes.** The warm-up is the same for any number of processes: with several, the main process trains it
+  alone, as a single-process run in a child process, while the others wait ([`run_warmup`]).
 * **Labels.** Rows are encoded with [`mixwise.signals.encoding.encode_rows`], so the warm-up, like the features, trains on
   answer tokens only.
 * **Optimizer state by name.** `Trainer` saves `optimizer.state_dict()`, whose state is keyed by *integer index* in
@@ -46,6 +48,8 @@ from .gradients import AdamState
 
 OPTIMIZER_NAMES_FILE = "mixwise_optimizer_params.json"
 WARMUP_FILE = "warmup.json"
+FAILED_FILE = "warmup.failed"  # written by the main process when a multi-process warm-up failed (with its key)
+JOB_DIR = "job"  # the main process's job for its single-process child: rows, model or its path, processor
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -362,10 +366,6 @@ def run_warmup(
             _wait_for_warmup(output_dir, key)
     distributed.gather_agreed(None, error)
     return WarmupResult.load(output_dir)
-
-
-FAILED_FILE = "warmup.failed"
-JOB_DIR = "job"
 
 
 def _outcome(fn):
