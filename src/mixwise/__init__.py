@@ -19,6 +19,7 @@ _LAZY = {
     "Plan": "plan",
     "SourcePlan": "plan",
     "allocate": "plan",
+    "MixtureBatchSampler": "sampler",
     "MixtureSampler": "sampler",
     "RepeatMixtureSampler": "sampler",
     "FixedWeights": "selectors",
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
     from .mixture import Mixture
     from .plan import Plan, SourcePlan, allocate
     from .registry import SELECTORS, make_selector
-    from .sampler import MixtureSampler, RepeatMixtureSampler
+    from .sampler import MixtureBatchSampler, MixtureSampler, RepeatMixtureSampler
     from .selectors import FixedWeights, RandomSubset, SelectionContext, Selector, Uniform
     from .sources import DataError, Fields, Source, extract_fields, load_source, validate_source
     from .trainer import MixtureTrainerMixin, attach, mixture_trainer_class

@@ -32,15 +32,18 @@ SFTTrainer with `peft_config`) is scored with that adapter as it is; a live mode
 LoRA adapter on a copy (peft's default initialisation, `B = 0`, so the model's function is unchanged and the
 features are the `lora_B` gradients — a random sketch `Σ_t δ_t (A x_t)ᵀ` of the full weight gradients). `adam`
 features need a warm-up checkpoint. Set `run_warmup=True` to train the warm-up on a copy of the live model instead
-(single process only).
+(with several processes it trains once, on the main process, so that its result does not depend on the number of
+processes: [`mixwise.signals.warmup.run_warmup`]). A live model sharded by FSDP2 or ZeRO-3 is gathered into an
+unsharded replica for the selection ([`mixwise.distributed.unsharded`]).
 
 **Stores.** Every datastore lives in `work_dir/features/<checkpoint>/<pool|target-NAME>-<hash of its identity>`,
 so a rerun with the same settings resumes (or reuses) it, and a change of model, adapter, projection, gradient mode or
 data goes to a new store instead of mixing features.
 
-**Multi-process.** Under `accelerate launch`/`torchrun` every process fills its own chunks of the same datastores
-(`work_dir` must be on a shared file system when several nodes are used), then every process computes the same
-influence and selection from the complete stores; 1 and 2 processes give byte-identical stores and the same plan.
+**Multi-process.** Under `accelerate launch`/`torchrun` every process fills its own chunks of the same datastores,
+each chunk into files of its own (`work_dir` must be on a file system every node sees; NFS is fine: no file has two
+writers), then every process computes the same influence and selection from the complete stores; 1, 2 and 3
+processes, and 2 nodes, give byte-identical stores and the same plan.
 
 The package: [`config`](config.py) (`ICONSConfig`, also the `mixwise select --method icons` command line),
 [`aggregation`](aggregation.py) (vote and the other aggregators), [`result`](result.py) (`ICONSResult`, plots),
