@@ -374,7 +374,7 @@ def replicate(model: Any) -> Any:
     if kind == "fsdp1":
         raise NotImplementedError(
             "mixwise selects with a model wrapped by FSDP1 (FullyShardedDataParallel) only through a model of its "
-            "own; use FSDP2 (accelerate `fsdp_version: 2`, as in recipes/accelerate/fsdp.yaml) or DeepSpeed ZeRO-3, "
+            "own; use FSDP2 (accelerate `fsdp_version: 2`, as in `mixwise recipes copy accelerate/fsdp.yaml`) or DeepSpeed ZeRO-3, "
             "or give the selector `model_path`"
         )
     params = {id(p): _gather_full(p) for p in model.parameters()}  # same order on every rank

@@ -25,7 +25,6 @@ TRL's `RepeatSampler` structure ([`~mixwise.RepeatMixtureSampler`]), whose gener
 
 from __future__ import annotations
 
-import collections
 import os
 from typing import Any
 
@@ -140,32 +139,9 @@ def attach(
     return trainer
 
 
-class ConsumptionRecorder:
-    """Wraps a trainer's collator and counts the rows it receives per source (needs the mixture's `source` column,
-    so train with `remove_unused_columns=False`): what the run actually trained on, to compare with the plan."""
-
-    def __init__(self, collator: Any, source_column: str = "source"):
-        self.collator = collator
-        self.source_column = source_column
-        self.counts: collections.Counter = collections.Counter()
-
-    def __call__(self, examples):
-        self.counts.update(ex.get(self.source_column, "?") for ex in examples)
-        return self.collator(examples)
-
-
-def record_consumption(trainer: Any) -> ConsumptionRecorder:
-    """Wrap `trainer.data_collator` in a [`ConsumptionRecorder`] and return it."""
-    recorder = ConsumptionRecorder(trainer.data_collator)
-    trainer.data_collator = recorder
-    return recorder
-
-
 __all__ = [
-    "ConsumptionRecorder",
     "MixtureTrainerMixin",
     "attach",
     "mixture_trainer_class",
-    "record_consumption",
     "trainer_batch_sampler_class",
 ]

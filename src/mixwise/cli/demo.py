@@ -66,11 +66,12 @@ def run_demo(cfg: DemoArguments) -> dict[str, Any]:
     from tqdm.auto import tqdm
     from trl import SFTConfig, SFTTrainer
 
+    from ..consumption import record_consumption
     from ..mixture import Mixture
     from ..models import load_model
     from ..testing import save_tiny_model
     from ..toy import FAMILIES, make_source
-    from ..trainer import attach, record_consumption
+    from ..trainer import attach
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

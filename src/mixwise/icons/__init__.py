@@ -50,23 +50,46 @@ The package: [`config`](config.py) (`ICONSConfig`, also the `mixwise select --me
 [`selector`](selector.py) (`run_icons`, the `ICONS` selector).
 """
 
-from ..signals.features import SIGNALS
-from .aggregation import AGGREGATORS, Selection, aggregate, top_set_overlap, vote_counts, vote_histogram
-from .config import ICONSConfig
-from .result import ICONSResult, plot_result
-from .selector import ICONS, run_icons
+from __future__ import annotations
 
-__all__ = [
-    "AGGREGATORS",
-    "ICONS",
-    "ICONSConfig",
-    "ICONSResult",
-    "SIGNALS",
-    "Selection",
-    "aggregate",
-    "plot_result",
-    "run_icons",
-    "top_set_overlap",
-    "vote_counts",
-    "vote_histogram",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# names are imported when first used, so that `mixwise.icons.aggregation` (numpy only) does not import torch
+_LAZY = {
+    "AGGREGATORS": "aggregation",
+    "Selection": "aggregation",
+    "aggregate": "aggregation",
+    "top_set_overlap": "aggregation",
+    "vote_counts": "aggregation",
+    "vote_histogram": "aggregation",
+    "ICONSConfig": "config",
+    "ICONSResult": "result",
+    "plot_result": "result",
+    "ICONS": "selector",
+    "run_icons": "selector",
+    "SIGNALS": "..signals.features",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = _LAZY[name]
+        value = getattr(importlib.import_module(module if module.startswith("..") else f".{module}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:
+    from ..signals.features import SIGNALS
+    from .aggregation import AGGREGATORS, Selection, aggregate, top_set_overlap, vote_counts, vote_histogram
+    from .config import ICONSConfig
+    from .result import ICONSResult, plot_result
+    from .selector import ICONS, run_icons

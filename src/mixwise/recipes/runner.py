@@ -218,7 +218,7 @@ def prepare_run(
 
 
 def _train_dataset(run: RecipeRun, args: MixtureArguments) -> datasets.Dataset:
-    from .training import ROW_COLUMN
+    from ..consumption import ROW_COLUMN
 
     dataset = run.mixture.dataset
     if args.record_rows:
@@ -249,13 +249,9 @@ def _add_watchers(trainer: Any, run: RecipeRun, args: MixtureArguments, training
 def train_on_mixture(trainer: Any, run: RecipeRun, args: MixtureArguments, training_args: Any, kind: str):
     """Attach the mixture and its selector to `trainer`, count what is collated (from the resumed checkpoint's
     totals on), train, and finish the run."""
+    from ..consumption import ConsumptionCheckpointCallback, ConsumptionLog, read_consumption
     from ..trainer import attach
-    from .training import (
-        ConsumptionCheckpointCallback,
-        ConsumptionLog,
-        SourceLossCallback,
-        read_consumption,
-    )
+    from .training import SourceLossCallback
 
     attach(trainer, run.mixture, selector=run.checks.selector, targets=run.targets, model_id=run.model_path)
     loss_by_source = kind == "sft" and args.loss_by_source
@@ -276,7 +272,7 @@ def train_on_mixture(trainer: Any, run: RecipeRun, args: MixtureArguments, train
 def _finish(trainer: Any, run: RecipeRun, log: Any, args: MixtureArguments) -> dict[str, Any]:
     import json
 
-    from .training import CONSUMED_NAME, gather_consumption
+    from ..consumption import CONSUMED_NAME, gather_consumption
 
     trainer.save_model()
     result = gather_consumption(log)
