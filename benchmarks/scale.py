@@ -6,7 +6,7 @@ own, next to a baseline of the same size measured in the same run:
 
 | stage | what runs (public API) | baseline of the same N |
 |---|---|---|
-| `validation` | `mixwise.validate_source` on every source (decodes every image) | PIL-decoding every image of the pool |
+| `validation` | `mixwise.validate_source` on every source (decodes every image; `cache=False`: the first run's cost) | PIL-decoding every image of the pool |
 | `mixture` | `mixwise.Mixture(sources, budget=N/5, validate=False)`, its `dataset` and one epoch's `indices()` | `datasets.concatenate_datasets` of the sources |
 | `dataprophet` | `DataProphet().score(pool, 2 targets)` with the tiny LLaVA and the default subsample (512 rows per dataset, as DataProphet scores by default) | — |
 | `influence` | ICONS from disk: a datastore of N × `--dim` synthetic unit features (float16, built untimed, evicted from the page cache), per-task means of 10 validation sets, `stream_scores`, `combine_influence`, the vote (select 20%) | reading every row of the store (`iter_blocks`) |
@@ -194,7 +194,7 @@ def work(stage: str, a, n: int) -> dict:
     t = time.perf_counter()
     if stage == "validation":
         for s in sources:
-            mixwise.validate_source(s)
+            mixwise.validate_source(s, cache=False)  # the first run's cost (a second run reads the cached result)
     elif stage == "validation-baseline":
         from PIL import Image
 
