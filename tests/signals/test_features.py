@@ -12,6 +12,7 @@ import pytest
 from helpers import ROOT, SCRIPTS, read_json, run_distributed, tree_diff
 
 from mixwise import Plan
+from mixwise.recipes.shipped import recipe_path
 
 pytestmark = pytest.mark.slow
 sys.path.insert(0, str(SCRIPTS))
@@ -57,8 +58,8 @@ def test_warmup_from_the_cli_is_the_same_for_one_and_three_processes(tiny_llava_
 def launch_recipe(model, out, nproc: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
-    cmd += [str(ROOT / "recipes" / "accelerate" / "cpu_2proc.yaml"), "--num_processes", str(nproc)]
-    cmd += [str(ROOT / "recipes" / "sft.py"), "--config", str(ROOT / "recipes" / "sft_icons.yaml")]
+    cmd += [recipe_path("accelerate/cpu_2proc"), "--num_processes", str(nproc)]
+    cmd += [str(ROOT / "recipes" / "sft.py"), "--config", recipe_path("sft_icons")]
     cmd += [
         "--model_name_or_path",
         str(model),
