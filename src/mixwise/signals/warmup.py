@@ -709,6 +709,11 @@ def optimizer_kind(groups: Sequence[dict], state: dict) -> str:
 def require_adam_state(checkpoint: str) -> None:
     """Refuse (naming the optimizer found) a checkpoint whose `optimizer.pt` holds no Adam moments, before any
     model is loaded."""
+    _read_adam_state(checkpoint)
+
+
+def _read_adam_state(checkpoint: str) -> tuple[list[dict], dict]:
+    """`optimizer.pt`'s parameter groups and state, refused unless they hold Adam moments."""
     path = os.path.join(checkpoint, "optimizer.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -717,6 +722,7 @@ def require_adam_state(checkpoint: str) -> None:
         )
     saved = torch.load(path, map_location="cpu", weights_only=True)
     _require_adam(checkpoint, saved["param_groups"], saved["state"])
+    return saved["param_groups"], saved["state"]
 
 
 def _require_adam(checkpoint: str, groups: Sequence[dict], state: dict) -> None:
@@ -746,15 +752,7 @@ def load_adam_state(checkpoint: str, model: torch.nn.Module, names: Sequence[str
         model: the peft model the features are computed with.
         names: the LoRA parameters needed (default: all trainable parameters).
     """
-    path = os.path.join(checkpoint, "optimizer.pt")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{checkpoint} has no optimizer.pt; 'adam' features need the warm-up's optimizer state (train with "
-            "save_only_model=False)"
-        )
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    groups, state = saved["param_groups"], saved["state"]
-    _require_adam(checkpoint, groups, state)
+    groups, state = _read_adam_state(checkpoint)
     indices = [int(i) for g in groups for i in g["params"]]
     sizes = [len(g["params"]) for g in groups]
     recorded = os.path.join(checkpoint, OPTIMIZER_NAMES_FILE)
