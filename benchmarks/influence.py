@@ -56,9 +56,11 @@ def build(a) -> None:
 
 def evict(path: str) -> None:
     """Drop the store's pages from the page cache, so that the timed phase reads from disk."""
-    for name in os.listdir(path):
-        if name.endswith(".npy"):
-            fd = os.open(os.path.join(path, name), os.O_RDONLY)
+    for root, _, names in os.walk(path):
+        for name in names:
+            if not name.endswith(".npy"):
+                continue
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
             try:
                 os.fsync(fd)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -91,7 +93,7 @@ def worker(method: str, a) -> dict:
         info["other_aggregators_s"] = others
         final = influence.scores
     else:
-        feats = np.concatenate([store.read(lo, hi)[0] for lo, hi in _shards(store)]).astype(np.float32)
+        feats = store.load()[0].astype(np.float32)
         cols = []
         for k in range(a.tasks):
             matrix = feats @ val[k].T  # the N x |V_k| influence matrix
@@ -113,10 +115,6 @@ def peak_rss() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def _shards(store):
-    return [(sh["start"], sh["stop"]) for sh in store.manifest["shards"]]
 
 
 def main():

@@ -1,7 +1,7 @@
-"""GRPO-style RL post-training with the prompt budget allocated across sources. Usage:
+"""`mixwise grpo` as a script, for launchers that want a file (the recipes themselves ship in the package: see
+`mixwise recipes`). Usage:
 
-python recipes/grpo.py --config recipes/grpo_uniform.yaml [--field value ...]
-accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/grpo.py --config recipes/grpo_dataprophet.yaml
+accelerate launch --config_file multi_gpu.yaml recipes/grpo.py --config grpo_dataprophet.yaml [--field value ...]
 """
 
 from mixwise.recipes import main_grpo

@@ -1,7 +1,7 @@
-"""SFT on a selected mixture. Usage:
+"""`mixwise sft` as a script, for launchers that want a file (the recipes themselves ship in the package: see
+`mixwise recipes`). Usage:
 
-python recipes/sft.py --config recipes/sft_uniform.yaml [--field value ...]
-accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/sft.py --config recipes/sft_dataprophet.yaml
+accelerate launch --config_file multi_gpu.yaml recipes/sft.py --config sft_dataprophet.yaml [--field value ...]
 """
 
 from mixwise.recipes import main_sft

@@ -6,7 +6,22 @@ build their own with ``mixwise.testing.build_tiny_*`` so that they do not change
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mixwise_cache(tmp_path_factory):
+    """mixwise's own caches (validation results) in the session's temporary directory, not in the user's home;
+    subprocesses inherit it."""
+    old = os.environ.get("MIXWISE_CACHE")
+    os.environ["MIXWISE_CACHE"] = str(tmp_path_factory.mktemp("mixwise-cache"))
+    yield os.environ["MIXWISE_CACHE"]
+    if old is None:
+        os.environ.pop("MIXWISE_CACHE", None)
+    else:
+        os.environ["MIXWISE_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -53,3 +53,18 @@ def run_distributed(script: str, args: list[str], nproc: int = 2, timeout: int =
 def read_json(path) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def tree_diff(a, b) -> list[str]:
+    """Files whose bytes differ between two directory trees (or that exist on one side only)."""
+    import filecmp
+
+    cmp = filecmp.dircmp(a, b)
+    out = [os.path.join(a, n) for n in cmp.left_only + cmp.right_only]
+    for name in cmp.common_files:
+        with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
+            if fa.read() != fb.read():
+                out.append(os.path.join(a, name))
+    for sub in cmp.common_dirs:
+        out += tree_diff(os.path.join(a, sub), os.path.join(b, sub))
+    return out

@@ -123,18 +123,32 @@ def test_staged_plan_mismatched_sources():
         Plan.staged([Plan.uniform({"a": 3}, 2), Plan.uniform({"b": 3}, 2)])
 
 
-def test_trl_mixture_export():
-    plan = Plan.from_weights({"a": 1, "b": 3, "c": 0}, {"a": 10, "b": 10, "c": 10}, 8)
-    mix = plan.to_trl_mixture(paths={"a": "data/a"})
-    assert mix == [
-        {"path": "data/a", "split": "train", "fraction": 0.25},
-        {"path": "b", "split": "train", "fraction": 0.75},
-    ]
-    from trl.scripts.utils import DatasetConfig
-
-    DatasetConfig(**mix[0])  # accepted by TRL's own schema
-
-
 def test_sourceplan_repeated_for_explicit_rows():
     assert SourcePlan(weight=1, count=3, size=5, rows=[1, 1, 2]).repeated
     assert not SourcePlan(weight=1, count=2, size=5, rows=[1, 2]).repeated
+
+
+@pytest.mark.parametrize("budget", [12.5, 0.5, "12", None])
+def test_a_budget_that_is_not_a_whole_number_is_refused_not_truncated(budget):
+    with pytest.raises(ValueError, match="budget must be a positive whole number of rows"):
+        Plan.uniform({"a": 20, "b": 20}, budget)
+
+
+def test_an_integral_float_budget_is_that_many_rows():
+    assert Plan.uniform({"a": 20, "b": 20}, 12.0).budget == 12
+
+
+def test_huge_weights_allocate_like_their_ratios():
+    """1e308 weights overflow their sum to inf; the shares are scale-free, so they allocate like 1 : 1 : 2."""
+    huge = Plan.from_weights({"a": 1e308, "b": 1e308, "c": 1.7e308}, {"a": 99, "b": 99, "c": 99}, 47)
+    small = Plan.from_weights({"a": 1, "b": 1, "c": 1.7}, {"a": 99, "b": 99, "c": 99}, 47)
+    assert huge.counts == small.counts and sum(huge.counts.values()) == 47
+    assert huge.weights == pytest.approx(small.weights)
+    assert allocate({"x": 1e308, "y": 1e308}, 3) == {"x": 2, "y": 1}
+
+
+def test_uniform_leaves_empty_sources_out():
+    plan = Plan.uniform({"a": 5, "empty": 0, "b": 3}, 9)
+    assert plan.counts["empty"] == 0 and plan.counts["a"] + plan.counts["b"] == 9
+    with pytest.raises(ValueError, match="every source is empty"):
+        Plan.uniform({"a": 0, "b": 0}, 4)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from helpers import read_json, run_distributed, text_sources
 
-from mixwise import Mixture, MixtureSampler, Plan, RepeatMixtureSampler
+from mixwise import Mixture, MixtureBatchSampler, MixtureSampler, Plan, RepeatMixtureSampler
+from mixwise.sampler import rank_batches
 
 
 @pytest.fixture
@@ -100,3 +101,49 @@ def test_two_ranks_get_disjoint_shards_whose_union_is_the_plan(mixture, tmp_path
 def test_large_plan_draw(mixture):
     big = Mixture(text_sources({"x": 3}), budget=5, validate=False)
     assert len(np.unique(big.indices())) <= 3
+
+
+@pytest.mark.parametrize("n_rows", [1, 2, 3, 5, 7, 8, 9, 16, 17, 31, 90])
+@pytest.mark.parametrize("batch_size, world", [(1, 1), (2, 1), (2, 2), (2, 3), (8, 2), (3, 4)])
+def test_rank_batches_cover_the_plan_exactly_with_equal_steps(n_rows, batch_size, world):
+    try:
+        layout = rank_batches(n_rows, batch_size, world)
+    except ValueError as err:  # only what cannot be split without repeating rows is refused
+        assert n_rows < world or (batch_size == 1 and n_rows % world), err
+        return
+    rows = sorted(i for batches in layout for lo, hi in batches for i in range(lo, hi))
+    assert rows == list(range(n_rows))  # every row of the stream once: nothing padded, nothing dropped
+    assert len({len(batches) for batches in layout}) == 1  # the same number of steps on every rank
+    assert all(1 <= hi - lo <= batch_size for batches in layout for lo, hi in batches)
+    step = batch_size * world
+    for t in range(n_rows // step - 1):  # full global steps keep accelerate's layout: batch k goes to rank k % world
+        for r in range(world):
+            assert layout[r][t] == (t * step + r * batch_size, t * step + (r + 1) * batch_size)
+
+
+def test_rank_batches_refusals_and_drop_last():
+    with pytest.raises(ValueError, match="3 rows but training runs on 4 processes"):
+        rank_batches(3, 2, 4)
+    with pytest.raises(ValueError, match="multiple of 2, or a per-device batch of at least 2"):
+        rank_batches(5, 1, 2)
+    assert rank_batches(90, 8, 2, drop_last=True) == [[(k * 16, k * 16 + 8) for k in range(5)],
+                                                      [(k * 16 + 8, k * 16 + 16) for k in range(5)]]  # fmt: skip
+    assert [[hi - lo for lo, hi in b] for b in rank_batches(90, 8, 2)] == [[8] * 5 + [5]] * 2
+    assert [[hi - lo for lo, hi in b] for b in rank_batches(17, 8, 2)] == [[5, 4], [4, 4]]
+
+
+def test_batch_sampler_ranks_together_draw_the_plan():
+    mixture = Mixture(text_sources({"a": 30, "b": 50, "c": 7}), budget=61, seed=11)  # 61 = 7 global batches of 8 + 5
+    mixture.set_plan(Plan.from_weights({"a": 1, "b": 2, "c": 1}, mixture.sizes, 61, seed=11))
+    samplers = [MixtureBatchSampler(mixture, 4, num_processes=2, process_index=r, seed=11) for r in range(2)]
+    stream = MixtureSampler(mixture, seed=11).indices(0).tolist()
+    for epoch in (0, 1):
+        for s in samplers:
+            s.set_epoch(epoch)
+        got = [list(s) for s in samplers]
+        assert len(got[0]) == len(got[1]) == len(samplers[0]) == 8
+        drawn = [i for r in range(2) for batch in got[r] for i in batch]
+        assert collections.Counter(drawn) == collections.Counter(MixtureSampler(mixture, seed=11).indices(epoch))
+    samplers[0].set_epoch(0)
+    first = list(samplers[0])
+    assert first[0] == stream[:4] and first[1] == stream[8:12]  # rank 0: global batches 0, 2, ...

@@ -19,6 +19,7 @@ _LAZY = {
     "Plan": "plan",
     "SourcePlan": "plan",
     "allocate": "plan",
+    "MixtureBatchSampler": "sampler",
     "MixtureSampler": "sampler",
     "RepeatMixtureSampler": "sampler",
     "FixedWeights": "selectors",
@@ -39,6 +40,7 @@ _LAZY = {
     "add_scores": "transforms",
     "apply_plan": "transforms",
     "select_mixture": "transforms",
+    "export_plan": "export",
     "transform_fingerprint": "fingerprint",
     "SELECTORS": "registry",
     "make_selector": "registry",
@@ -67,12 +69,13 @@ if TYPE_CHECKING:
     from .cadc import CADC
     from .callback import SelectionCallback
     from .dataprophet import DataProphet, DataProphetInstances
+    from .export import export_plan
     from .fingerprint import transform_fingerprint
     from .icons import ICONS
     from .mixture import Mixture
     from .plan import Plan, SourcePlan, allocate
     from .registry import SELECTORS, make_selector
-    from .sampler import MixtureSampler, RepeatMixtureSampler
+    from .sampler import MixtureBatchSampler, MixtureSampler, RepeatMixtureSampler
     from .selectors import FixedWeights, RandomSubset, SelectionContext, Selector, Uniform
     from .sources import DataError, Fields, Source, extract_fields, load_source, validate_source
     from .trainer import MixtureTrainerMixin, attach, mixture_trainer_class

@@ -7,6 +7,7 @@ mixwise's sampler, which reads the plan from the shared [`~mixwise.Mixture`] whe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -18,9 +19,14 @@ from .fingerprint import model_id_of
 from .mixture import Mixture
 from .models import eval_mode
 from .plan import MANIFEST_NAME, Plan
-from .selectors import SelectionContext, Selector
+from .selectors import FixedWeights, RandomSubset, SelectionContext, Selector, Uniform
 
 logger = logging.getLogger(__name__)
+
+
+def uses_model(selector: Any) -> bool:
+    """Whether `selector` scores with the model (its `uses_model` attribute; the spine's baselines do not)."""
+    return bool(getattr(selector, "uses_model", not isinstance(selector, FixedWeights | RandomSubset | Uniform)))
 
 
 class SelectionCallback(TrainerCallback):
@@ -29,6 +35,11 @@ class SelectionCallback(TrainerCallback):
     * Every rank calls the selector (a selector splits its scoring work with
       [`mixwise.distributed.map_across_ranks`]); the main process's plan is then broadcast, so all ranks install
       the identical plan.
+    * A model sharded by FSDP2 or DeepSpeed ZeRO-3 is handed to the selector as an unsharded replica gathered
+      from the shards ([`mixwise.distributed.unsharded`]: the full parameters on every rank for the duration of the
+      selection, freed before the first step), so that the selection equals an unsharded run's. Selectors that do
+      not use the model (`uses_model = False`; the spine's `Uniform`, `FixedWeights` and `RandomSubset`) get the live
+      model as it is and nothing is gathered. FSDP1 is refused with a clear error on every rank.
     * On resume from a checkpoint that holds a `selection.json` (the callback writes one into every checkpoint),
       that plan is reused instead of selecting again.
     * Weights and counts are logged through the trainer's own loggers (`report_to`) as `mixwise/weight/<source>`
@@ -64,16 +75,19 @@ class SelectionCallback(TrainerCallback):
                 plan = Plan.load(saved)
                 logger.info("mixwise: resumed the selection from %s", saved)
         if plan is None:
-            context = SelectionContext(
-                mixture=self.mixture,
-                seed=seed,
-                model=model,
-                processing_class=processing_class,
-                targets=self.targets,
-                model_id=self.model_id or model_id_of(model),
-            )
-            with eval_mode(model):
-                plan = self.selector.select(context)
+            model_id = self.model_id or model_id_of(model)
+            gather = model is not None and uses_model(self.selector) and distributed.sharding(model) is not None
+            with distributed.unsharded(model) if gather else contextlib.nullcontext(model) as live:
+                context = SelectionContext(
+                    mixture=self.mixture,
+                    seed=seed,
+                    model=live,
+                    processing_class=processing_class,
+                    targets=self.targets,
+                    model_id=model_id,
+                )
+                with eval_mode(live):
+                    plan = self.selector.select(context)
         plan = distributed.broadcast(plan)
         self.mixture.set_plan(plan)
         self.plan = plan
@@ -107,4 +121,4 @@ class SelectionCallback(TrainerCallback):
         return control
 
 
-__all__ = ["SelectionCallback"]
+__all__ = ["SelectionCallback", "uses_model"]

@@ -30,16 +30,22 @@ from .fingerprint import stable_seed
 MANIFEST_NAME = "selection.json"
 
 
-def _check_budget(budget: Any) -> int:
+def check_budget(budget: Any, name: str = "budget") -> int:
+    """`budget` as an `int`: a positive whole number of rows. A float with a fractional part (`12.5`, e.g. from a
+    YAML file) is refused rather than truncated; an integral float (`12.0`) is accepted."""
+    if isinstance(budget, float) and budget.is_integer():
+        budget = int(budget)
     if isinstance(budget, bool) or not isinstance(budget, int | np.integer):
-        raise ValueError(f"budget must be a positive integer, got {budget!r}")
+        kind = type(budget).__name__
+        raise ValueError(f"{name} must be a positive whole number of rows, got {budget!r} ({kind})")
     if budget <= 0:
-        raise ValueError(f"budget must be a positive integer, got {budget}")
+        raise ValueError(f"{name} must be a positive whole number of rows, got {budget}")
     return int(budget)
 
 
 def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
-    """Validate per-source weights: finite, non-negative, not all zero. Names the offending source."""
+    """Validate per-source weights: finite, non-negative, not all zero. Names the offending source. (Weights are
+    only compared with each other: any finite scale works, 1e308 included.)"""
     if not weights:
         raise ValueError("no weights given")
     out = {}
@@ -64,10 +70,11 @@ def allocate(weights: Mapping[str, float], budget: int) -> dict[str, int]:
     `N_i = floor(N · w_i / Σw)`, then the `N − Σ N_i` leftover units go to the largest fractional parts; ties go
     to the source listed first. A zero weight gets zero rows.
     """
-    budget = _check_budget(budget)
+    budget = check_budget(budget)
     weights = check_weights(weights)
     names = list(weights)
     w = np.array([weights[n] for n in names], dtype=np.float64)
+    w = w / w.max()  # the shares are scale-free; this keeps Σw finite for weights near the float maximum
     quotas = budget * w / w.sum()
     counts = np.floor(quotas).astype(np.int64)
     leftover = budget - int(counts.sum())
@@ -126,18 +133,24 @@ class Plan:
     @classmethod
     def from_weights(cls, weights: Mapping[str, float], sizes: Mapping[str, int], budget: int, **kwargs: Any) -> Plan:
         """Allocate `budget` rows across sources in proportion to `weights` (exact, largest remainder)."""
+        budget = check_budget(budget)
         weights = check_weights(weights)
         _check_sizes(sizes, weights)
         counts = allocate(weights, budget)
-        total = sum(weights.values())
-        sources = {n: SourcePlan(weight=weights[n] / total, count=counts[n], size=int(sizes[n])) for n in weights}
-        return cls(budget=int(budget), sources=sources, **kwargs)
+        top = max(weights.values())
+        total = sum(w / top for w in weights.values())
+        sources = {
+            n: SourcePlan(weight=(weights[n] / top) / total, count=counts[n], size=int(sizes[n])) for n in weights
+        }
+        return cls(budget=budget, sources=sources, **kwargs)
 
     @classmethod
     def uniform(cls, sizes: Mapping[str, int], budget: int, **kwargs: Any) -> Plan:
-        """Equal weight for every source."""
+        """Equal weight for every source that has rows (an empty source gets weight 0)."""
         kwargs.setdefault("method", "uniform")
-        return cls.from_weights({n: 1.0 for n in sizes}, sizes, budget, **kwargs)
+        if sizes and not any(sizes.values()):
+            raise ValueError(f"every source is empty ({list(sizes)}); nothing to draw rows from")
+        return cls.from_weights({n: 1.0 if size else 0.0 for n, size in sizes.items()}, sizes, budget, **kwargs)
 
     @classmethod
     def from_rows(cls, rows: Mapping[str, Sequence[int]], sizes: Mapping[str, int], **kwargs: Any) -> Plan:
@@ -222,11 +235,34 @@ class Plan:
         return out
 
     def to_trl_mixture(self, paths: Mapping[str, str] | None = None, split: str = "train") -> list[dict[str, Any]]:
-        """The weights as TRL's `datasets:` mixture entries (`DatasetMixtureConfig`), one per source with rows.
+        """The plan as TRL's `datasets:` mixture entries (`DatasetMixtureConfig`), one per source with rows — only
+        when those entries train on exactly this plan.
 
-        TRL normalizes `fraction`s and caps the mixture so that no dataset is oversampled, keeping the *first*
-        rows of each dataset; use mixwise's sampler to train on exactly this plan's budget and rows.
+        TRL normalizes the `fraction`s, caps the mixture so that no dataset is oversampled and keeps the *first*
+        `round(fraction × total)` rows of each dataset. That reproduces a plan only when every source it draws
+        from is taken whole (`count == size`): a plan that samples some rows of a source, repeats rows, picks rows
+        (per-sample plans) or orders stages cannot be written as fractions, and this raises `ValueError` — write
+        the plan's rows with `mixwise export` ([`mixwise.export.export_plan`]) instead.
         """
+        hint = "write its rows with `mixwise export PLAN --sources ... --out DIR` (an exact DatasetDict + TRL YAML)"
+        if self.stages:
+            raise ValueError(f"a staged plan ({len(self.stages)} stages, in order) cannot be TRL fractions; {hint}")
+        if any(s.rows is not None for s in self.sources.values()):
+            raise ValueError(
+                f"a per-sample plan (explicit rows, method {self.method!r}) cannot be TRL fractions; {hint}"
+            )
+        repeated = [n for n, s in self.sources.items() if s.repeated]
+        if repeated:
+            raise ValueError(
+                f"the plan repeats rows of {repeated} (count > size), which TRL's mixture never does; {hint}"
+            )
+        partial = [f"{n} ({s.count} of {s.size})" for n, s in self.sources.items() if 0 < s.count < s.size]
+        if partial:
+            raise ValueError(
+                f"the plan draws a random subset of {', '.join(partial)} rows, but TRL's mixture keeps the first rows "
+                f"of each dataset and caps the total so that no dataset is oversampled (the fractions do not "
+                f"reproduce the budget of {self.budget} rows); {hint}"
+            )
         paths = paths or {}
         return [
             {"path": paths.get(n, n), "split": split, "fraction": round(s.weight, 8)}
@@ -317,7 +353,10 @@ def _check_sizes(sizes: Mapping[str, int], used: Mapping[str, Any]) -> None:
             raise ValueError(f"size of source '{n}' must be a non-negative integer, got {size!r}")
     empty = [n for n, size in sizes.items() if size == 0 and _wants_rows(used.get(n))]
     if empty:
-        raise ValueError(f"sources {empty} are empty but have a positive weight or rows in the plan")
+        raise ValueError(
+            f"sources {empty} are empty (0 rows) but have a positive weight or rows in the plan; give them weight 0 "
+            "or leave them out"
+        )
 
 
 def _wants_rows(value: Any) -> bool:

@@ -14,17 +14,23 @@ trainer = MyTrainer(..., train_dataset=mixture.dataset); trainer.mixture = mixtu
 
 transformers 5.x builds the sampler in `Trainer._get_train_sampler(self, train_dataset=None)` and hands it a
 column-pruned dataset, so the per-source layout comes from the mixture, not from the dataset.
+
+**Exactly the plan on N processes.** The trainer draws through a [`~mixwise.MixtureBatchSampler`]: each rank gets
+its own batches, the last uneven global batch split across the ranks instead of padded with repeated rows, so that
+the rows consumed over all ranks are exactly the plan's (see [`mixwise.sampler`] for the rule and the two cases
+refused). It is handed to the `Trainer` as a rank-aware batch sampler (a subclass of transformers'
+`BatchRebalanceSampler`, the class the `Trainer` passes through accelerate without sharding it again). GRPO keeps
+TRL's `RepeatSampler` structure ([`~mixwise.RepeatMixtureSampler`]), whose generation batches always divide.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 from typing import Any
 
 from .callback import SelectionCallback
 from .mixture import Mixture
-from .sampler import MixtureSampler, RepeatMixtureSampler
+from .sampler import MixtureBatchSampler, MixtureSampler, RepeatMixtureSampler
 from .selectors import Selector
 
 
@@ -67,10 +73,35 @@ class MixtureTrainerMixin:
                 repeat_count=self.num_iterations * self.args.steps_per_generation,
                 seed=seed,
             )
-        return MixtureSampler(mixture, seed=seed)
+        batch_sampler = trainer_batch_sampler_class()
+        if batch_sampler is None:  # a transformers without rank-aware batch samplers: accelerate shards (and pads)
+            return MixtureSampler(mixture, seed=seed)
+        return batch_sampler(
+            mixture,
+            batch_size=self._train_batch_size,
+            num_processes=self.args.world_size,
+            process_index=self.args.process_index,
+            seed=seed,
+            drop_last=self.args.dataloader_drop_last,
+        )
 
 
 _CLASSES: dict[type, type] = {}
+_BATCH_SAMPLER: list[type | None] = []
+
+
+def trainer_batch_sampler_class() -> type | None:
+    """[`MixtureBatchSampler`] as a batch sampler the `Trainer` passes to accelerate unsharded (it subclasses
+    transformers' `BatchRebalanceSampler`, the marker of rank-aware batch samplers; none of its code is used), or
+    `None` when this transformers has no such class."""
+    if not _BATCH_SAMPLER:
+        try:
+            from transformers.trainer_pt_utils import BatchRebalanceSampler
+        except ImportError:
+            _BATCH_SAMPLER.append(None)
+        else:
+            _BATCH_SAMPLER.append(type("TrainerMixtureBatchSampler", (MixtureBatchSampler, BatchRebalanceSampler), {}))
+    return _BATCH_SAMPLER[0]
 
 
 def mixture_trainer_class(trainer_cls: type) -> type:
@@ -108,25 +139,9 @@ def attach(
     return trainer
 
 
-class ConsumptionRecorder:
-    """Wraps a trainer's collator and counts the rows it receives per source (needs the mixture's `source` column,
-    so train with `remove_unused_columns=False`): what the run actually trained on, to compare with the plan."""
-
-    def __init__(self, collator: Any, source_column: str = "source"):
-        self.collator = collator
-        self.source_column = source_column
-        self.counts: collections.Counter = collections.Counter()
-
-    def __call__(self, examples):
-        self.counts.update(ex.get(self.source_column, "?") for ex in examples)
-        return self.collator(examples)
-
-
-def record_consumption(trainer: Any) -> ConsumptionRecorder:
-    """Wrap `trainer.data_collator` in a [`ConsumptionRecorder`] and return it."""
-    recorder = ConsumptionRecorder(trainer.data_collator)
-    trainer.data_collator = recorder
-    return recorder
-
-
-__all__ = ["ConsumptionRecorder", "MixtureTrainerMixin", "attach", "mixture_trainer_class", "record_consumption"]
+__all__ = [
+    "MixtureTrainerMixin",
+    "attach",
+    "mixture_trainer_class",
+    "trainer_batch_sampler_class",
+]

@@ -57,7 +57,10 @@ def test_allocate_rejects_bad_weights(tmp_path):
 
 def test_yaml_config_with_override(tmp_path):
     (tmp_path / "w.json").write_text(json.dumps({"a": 1, "b": 1}))
-    (tmp_path / "cfg.yaml").write_text(f"weights: {tmp_path / 'w.json'}\nbudget: 5\nout: {tmp_path / 'p.json'}\n")
+    (tmp_path / "s.json").write_text(json.dumps({"a": 10, "b": 10}))
+    (tmp_path / "cfg.yaml").write_text(
+        f"weights: {tmp_path / 'w.json'}\nsizes: {tmp_path / 's.json'}\nbudget: 5\nout: {tmp_path / 'p.json'}\n"
+    )
     assert main(["allocate", "--config", str(tmp_path / "cfg.yaml"), "--budget", "9"]) == 0
     assert Plan.load(tmp_path / "p.json").budget == 9
 

@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-import yaml
 from helpers import SCRIPTS, read_json, run_distributed
 
 from mixwise import select_mixture
@@ -372,7 +371,7 @@ def test_cli_score_writes_every_output(tiny_llava_path, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "allocation:" in printed
-    for name in ("metric.csv", "selection.json", "heatmap.png", "mixture.yaml", "weights.csv", "signals.csv"):
+    for name in ("metric.csv", "selection.json", "heatmap.png", "weights.csv", "signals.csv"):
         assert (out / name).exists(), name
     for term in ("qsim", "asim", "isim", "ppl_ratio", "diversity"):
         assert Matrix.from_csv(out / f"term_{term}.csv").rows == ["count", "colour"]
@@ -384,9 +383,9 @@ def test_cli_score_writes_every_output(tiny_llava_path, tmp_path, capsys):
     plan = Plan.load(out)
     assert plan.method == "dataprophet" and sum(plan.counts.values()) == 40
     assert plan.config["sharpen"] == "power" and plan.config["target_weights"] == {"colour": 2.0, "count": 1.0}
-    mixture = yaml.safe_load((out / "mixture.yaml").read_text())
-    assert [d["path"] for d in mixture["datasets"]] == [str(world / "count"), str(world / "colour")]
-    assert sum(d["fraction"] for d in mixture["datasets"]) == pytest.approx(1.0)
+    # 40 rows from two 14-row sources repeat rows: TRL fractions cannot say that, so no mixture.yaml, and the
+    # command names `mixwise export` instead
+    assert not (out / "mixture.yaml").exists() and "mixwise export" in printed
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert os.listdir(out / "cache")  # signals cached for the next run
 

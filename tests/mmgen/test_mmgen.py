@@ -29,6 +29,7 @@ from mixwise.mmgen import (
 )
 from mixwise.mmgen.config import GenerateConfig
 from mixwise.mmgen.server import ChatServer, ModelBackend
+from mixwise.recipes import recipe_path
 from mixwise.toy import make_source
 
 sys.path.insert(0, str(SCRIPTS))
@@ -122,7 +123,7 @@ def test_local_vlm_generator_through_the_pipeline(tmp_path, json_llava_path, tin
 
 
 def test_cli_runs_the_recipe_unedited(tmp_path, capsys):
-    assert main(["generate", "--config", str(ROOT / "recipes" / "mmgen.yaml"), "--out", str(tmp_path / "r")]) == 0
+    assert main(["generate", "--config", recipe_path("mmgen"), "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "subgroup\tshare\timages" in out and "kept" in out
     summary = json.loads((tmp_path / "r" / "report.json").read_text())

@@ -1,4 +1,5 @@
-"""Recipes launched for real with `accelerate launch` (2 CPU processes) on the embedded default."""
+"""Recipes launched for real — `mixwise sft` / `mixwise grpo`, and `accelerate launch` on 2 CPU processes — on the
+embedded default."""
 
 import json
 import os
@@ -10,54 +11,64 @@ import yaml
 from helpers import ROOT
 
 from mixwise import Plan
-from mixwise.recipes import MixtureArguments, parse
+from mixwise.recipes import MixtureArguments, list_recipes, parse, recipe_path
 
 pytestmark = pytest.mark.slow
-RECIPES = ROOT / "recipes"
-SMALL = ["--toy_n_train", "8", "--toy_n_target", "4", "--probe_rows", "2"]
+SMALL = ["--toy_n_train", "8", "--toy_n_target", "4", "--probe_rows", "2", "--metric_rows", "1"]
 
 
 def launch(script, config, out, *extra, nproc=2):
+    """`mixwise sft|grpo --config NAME` on one process; `accelerate launch recipes/<script>` (the thin wrapper)
+    on two."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     if nproc == 1:
-        cmd = [sys.executable, str(RECIPES / script)]
+        cmd = [sys.executable, "-m", "mixwise.cli", script.removesuffix(".py")]
     else:
         cmd = [
             sys.executable,
             "-m",
             "accelerate.commands.launch",
             "--config_file",
-            str(RECIPES / "accelerate" / "cpu_2proc.yaml"),
-            str(RECIPES / script),
+            recipe_path("accelerate/cpu_2proc"),
+            str(ROOT / "recipes" / script),
         ]
-    cmd += ["--config", str(RECIPES / config), "--output_dir", str(out), *SMALL, *extra]
+    cmd += ["--config", config.removesuffix(".yaml"), "--output_dir", str(out), *SMALL, *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return json.loads((out / "consumed.json").read_text())
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in RECIPES.glob("*.yaml")))
-def test_every_recipe_parses(config):
-    text = yaml.safe_load((RECIPES / config).read_text())
-    script = "grpo" if config.startswith("grpo") else "sft"
-    if script == "grpo":
-        from trl import GRPOConfig as Config
-    else:
-        from trl import SFTConfig as Config
-    if config.startswith(("sft", "grpo")):
-        args, training_args = parse(Config, ["--config", str(RECIPES / config)])
-        assert isinstance(args, MixtureArguments) and args.method == text["method"]
-        assert training_args.output_dir == text["output_dir"]
+@pytest.mark.parametrize("name", [r.name for r in list_recipes() if r.name.startswith(("sft", "grpo"))])
+def test_every_recipe_parses_into_trls_configs(name):
+    from trl import DatasetMixtureConfig, GRPOConfig, ModelConfig, SFTConfig
+
+    text = yaml.safe_load(open(recipe_path(name)).read())
+    config = GRPOConfig if name.startswith("grpo") else SFTConfig
+    args, training_args, model_args, dataset_args = parse(config, ["--config", name])
+    assert isinstance(args, MixtureArguments) and args.method == text["method"]
+    assert isinstance(training_args, config) and training_args.output_dir == text["output_dir"]
+    assert isinstance(model_args, ModelConfig) and model_args.model_name_or_path == "toy"
+    assert isinstance(dataset_args, DatasetMixtureConfig) and dataset_args.datasets == []
 
 
 def test_sft_uniform_two_processes(tmp_path):
     out = tmp_path / "sft"
-    result = launch("sft.py", "sft_uniform.yaml", out, "--budget", "32")
+    result = launch("sft.py", "sft_uniform.yaml", out, "--budget", "32", "--eval_steps", "2")
     plan = Plan.load(out)
     assert result["consumed"] == {n: c for n, c in plan.counts.items() if c} == result["planned"]
     assert (out / "model.safetensors").exists() and (out / "report.html").exists()
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    # the trainer's own log survives the probe losses logged at the same steps (issue 13, item 2)
+    train_steps = {h["step"] for h in history if "loss" in h and "grad_norm" in h and "learning_rate" in h}
+    probe_steps = {h["step"] for h in history if any(k.startswith("probe_loss/") for k in h)}
+    assert train_steps and train_steps == probe_steps
+    by_source = {k for h in history for k in h if k.startswith("train_loss_by_source/")}
+    assert by_source == {f"train_loss_by_source/{n}" for n, c in plan.counts.items() if c}
+    metrics = {k for h in history for k in h if k.startswith("eval/")}
+    assert metrics == {f"eval/{t}/exact_match" for t in plan.sources}  # the toy targets
     page = (out / "report.html").read_text()
-    assert "Loss per source / target" in page and "Allocation" in page
+    for title in ("Allocation", "Training loss", "Training loss per source", "Loss per target", "Target metrics"):
+        assert title in page, title
 
 
 def test_grpo_zero_weight_source_never_drawn_two_processes(tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from ..extras import available
 from ..fingerprint import short_hash
 from ..transforms import add_columns
 from .curriculum import Curation, Discovery, assign
@@ -103,7 +104,7 @@ class CADCResult:
             checkpoint_weights=np.asarray(self.weights, dtype=np.float64),
         )
         paths = [path]
-        if plots:
+        if plots and available("matplotlib", "the CADC plots"):
             paths += plot_result(self, out_dir)
         return paths
 

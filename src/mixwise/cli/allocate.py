@@ -28,28 +28,73 @@ def parse(argv, prog: str, description: str) -> tuple:
     return parse_with([AllocateArguments], argv, prog, description)
 
 
-def run(args: AllocateArguments) -> int:
-    from ..plan import Plan
-    from ..sources import load_source
+def read_json_file(path: str, option: str) -> object:
+    """The JSON value in `path`; a missing or unreadable file, or one that is not JSON, is a usage error naming
+    the option and the file."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path!r}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{option} {path!r} is a directory, not a JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{option} {path!r} is not JSON ({err})") from None
 
-    if not args.weights or args.budget is None:
-        raise UsageError("--weights and --budget are required")
-    with open(args.weights) as f:
-        weights = json.load(f)
-    if isinstance(weights, dict) and "sources" in weights and "method" in weights:  # a selection.json
-        weights = {n: s["weight"] for n, s in weights["sources"].items()}
+
+def read_mapping(path: str, option: str, what: str) -> dict:
+    value = read_json_file(path, option)
+    if not isinstance(value, dict):
+        raise UsageError(
+            f"{option} {path!r} must hold a JSON object {{source: {what}}}, got a JSON {type(value).__name__}"
+        )
+    if not value:
+        raise UsageError(f"{option} {path!r} is an empty JSON object: no sources")
+    return value
+
+
+def run(args: AllocateArguments) -> int:
+    from ..plan import Plan, check_budget, check_weights
+    from ..sources import load_sources
+
+    if not args.weights:
+        raise UsageError("--weights is required: a JSON file {source: weight} or a selection.json")
+    if args.budget is None:
+        raise UsageError("--budget is required: the number of rows to allocate (a positive whole number)")
+    try:
+        budget = check_budget(args.budget, "--budget")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    weights = read_mapping(args.weights, "--weights", "weight")
+    sizes = None
+    if "sources" in weights and "method" in weights:  # a selection.json: its weights, and its sizes
+        if not isinstance(weights["sources"], dict):
+            raise UsageError(
+                f"--weights {args.weights!r} looks like a selection.json but its 'sources' is not an object"
+            )
+        sizes = {n: s.get("size") for n, s in weights["sources"].items() if isinstance(s, dict)}
+        weights = {n: s.get("weight") for n, s in weights["sources"].items() if isinstance(s, dict)}
+    check_weights(weights)  # a bad weight is named before anything is loaded
     if args.sources:
-        sizes = {}
-        for path in args.sources:
-            src = load_source(path, split=args.split)
-            sizes[src.name] = len(src)
+        try:
+            sources = load_sources(args.sources, split=args.split)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        sizes = {src.name: len(src) for src in sources}
+        unweighted = [n for n in sizes if n not in weights]
+        if unweighted:
+            raise UsageError(
+                f"--sources {unweighted} have no weight in {args.weights!r}; give every source a weight (0 to leave "
+                "it out)"
+            )
     elif args.sizes:
-        with open(args.sizes) as f:
-            sizes = json.load(f)
-    else:
-        # no sizes: every source is taken to be large enough (counts never exceed the source)
-        sizes = {n: int(args.budget) for n in weights}
-    plan = Plan.from_weights(weights, sizes, args.budget, method="fixed_weights", seed=args.seed)
+        sizes = read_mapping(args.sizes, "--sizes", "rows")
+    elif sizes is None:
+        raise UsageError(
+            "give the sources' sizes: --sources DIR ... (datasets on disk) or --sizes FILE (JSON {source: rows}); "
+            "a plan cannot draw rows without knowing how many each source has"
+        )
+    plan = Plan.from_weights(weights, sizes, budget, method="fixed_weights", seed=args.seed)
     path = plan.save(args.out)
     for name, sp in plan.sources.items():
         flag = "  (repeats rows)" if sp.repeated else ""

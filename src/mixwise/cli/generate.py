@@ -1,4 +1,5 @@
-"""`mixwise generate --config recipes/mmgen.yaml`: MM-GEN — partition, generate, filter (resumable)."""
+"""`mixwise generate --config mmgen.yaml`: MM-GEN — partition, generate, filter (resumable). The shipped example:
+`mixwise recipes copy mmgen.yaml`."""
 
 from __future__ import annotations
 

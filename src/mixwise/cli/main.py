@@ -57,9 +57,16 @@ COMMANDS = {
             "generate",
             "MM-GEN: partition a target into subgroups, generate targeted Q/A pairs with a VLM, filter them.",
         ),
+        Command("sft", "sft", "SFT with TRL's SFTTrainer on a selected mixture (a recipe: --config NAME.yaml)."),
+        Command("grpo", "grpo", "GRPO with TRL's GRPOTrainer, the prompt budget allocated by the selector."),
+        Command("recipes", "recipes", "List the shipped recipes; `recipes copy NAME` copies one out to edit."),
         Command(
-            "report", "report", "Build RUN_DIR/report.html from a run's selection.json and trainer logs.", "run_dir"
+            "export",
+            "export",
+            "Write a plan's rows as a DatasetDict + dataset card + a TRL YAML that trains exactly them.",
+            "plan",
         ),
+        Command("report", "report", "Build a report page from one or more runs (side by side)."),
     ]
 }
 

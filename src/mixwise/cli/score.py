@@ -38,23 +38,43 @@ def parse(argv, prog: str, description: str) -> tuple:
 
 def score(args: ScoreArguments, config: Any) -> dict[str, Any]:
     """Score, plan and write `metric.csv`, `term_<factor>.csv` (M is their cell-wise product), `signals.csv`,
-    `weights.csv`, `selection.json`, `heatmap.png` and `mixture.yaml` (TRL's `datasets:` mixture) into `args.out`.
-    Returns `{"result", "plan", "paths"}`."""
+    `weights.csv`, `selection.json`, `heatmap.png` and — only when TRL's `fraction`s train on exactly this plan (whole
+    sources) — `mixture.yaml` (TRL's `datasets:` mixture) into `args.out`. Returns `{"result", "plan", "paths",
+    "inexact"}` (`inexact`: why fractions cannot express the plan; `mixwise export` writes its rows instead)."""
     import yaml
 
     from ..dataprophet import DataProphet
     from ..fingerprint import model_dir_id
-    from ..models import default_device, load_model
-    from ..sources import load_source, load_target
+    from ..models import default_device, load_model, load_processing_class
+    from ..plan import check_budget
+    from ..sources import load_sources
+    from ..validation import validate_source
 
-    if not args.model or not args.sources or not args.targets or not args.budget or args.budget <= 0:
+    if not args.model or not args.sources or not args.targets:
         raise UsageError("--model, --sources, --targets and a positive --budget are required")
-    sources = [load_source(p, split=args.split) for p in args.sources]
-    targets = [load_target(p, args.target_split) for p in args.targets]
-    for role, group in (("source", sources), ("target", targets)):
-        names = [s.name for s in group]
-        if len(set(names)) != len(names):
-            raise UsageError(f"two {role} directories have the same name: {names}")
+    if args.budget is None:
+        raise UsageError("--budget is required: the number of training rows to allocate (a positive whole number)")
+    try:
+        budget = check_budget(args.budget, "--budget")
+        sources = load_sources(args.sources, split=args.split, role="pool")
+        targets = load_sources(args.targets, split=args.target_split, role="target")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    empty = [s.name for s in sources + targets if len(s) == 0]
+    if empty:
+        raise UsageError(f"{empty} have 0 rows: there is nothing to score in them; leave them out")
+    # Every row checked before the model is loaded, with the processor it is scored with. With on_error="skip" the
+    # bad rows are dropped here: they are in selection.json["skipped"], and the plan never draws them (its sizes are
+    # the kept rows', as the training Mixture's are with validate="skip").
+    processor = load_processing_class(args.model)
+    skipped = {}
+    for group in (sources, targets):
+        for k, src in enumerate(group):
+            group[k], report = validate_source(
+                src, on_error=config.on_error, processing_class=processor, max_length=config.max_length
+            )
+            if (report.skipped or report.converted) and src.role == "pool":
+                skipped[src.name] = report.to_dict()
     if config.cache_dir is None:
         from dataclasses import replace
 
@@ -69,15 +89,23 @@ def score(args: ScoreArguments, config: Any) -> dict[str, Any]:
         "targets": {t.name: t.fingerprint for t in targets},
         "model": model_id,
     }
-    plan = result.to_plan(sizes, args.budget, seed=config.seed, config=selector.config(), fingerprints=fingerprints)
+    plan = result.to_plan(
+        sizes, budget, seed=config.seed, config=selector.config(), fingerprints=fingerprints, skipped=skipped
+    )
     os.makedirs(args.out, exist_ok=True)
     paths = result.save(args.out)
     paths["selection"] = plan.save(args.out)
-    mixture = {"datasets": plan.to_trl_mixture({s.name: os.path.abspath(p) for s, p in zip(sources, args.sources)})}
-    paths["mixture"] = os.path.join(args.out, "mixture.yaml")
-    with open(paths["mixture"], "w") as f:
-        yaml.safe_dump(mixture, f, sort_keys=False)
-    return {"result": result, "plan": plan, "paths": paths}
+    try:  # TRL fractions only when they train on exactly this plan; otherwise `mixwise export` writes its rows
+        entries = plan.to_trl_mixture({s.name: os.path.abspath(p) for s, p in zip(sources, args.sources)})
+    except ValueError as err:
+        entries, inexact = None, str(err)
+    else:
+        inexact = None
+    if entries is not None:
+        paths["mixture"] = os.path.join(args.out, "mixture.yaml")
+        with open(paths["mixture"], "w") as f:
+            yaml.safe_dump({"datasets": entries}, f, sort_keys=False)
+    return {"result": result, "plan": plan, "paths": paths, "inexact": inexact}
 
 
 def run(args: ScoreArguments, config: Any) -> int:
@@ -93,4 +121,7 @@ def run(args: ScoreArguments, config: Any) -> int:
         flag = "  (repeats rows)" if sp.repeated else ""
         print(f"  {name}\t{sp.count}\t{sp.weight:.4f}{flag}")
     print(f"wrote {', '.join(sorted(os.path.basename(p) for p in out['paths'].values()))} to {args.out}")
+    if out["inexact"]:
+        print(f"no mixture.yaml: {out['inexact']}")
+        print(f"  mixwise export {args.out} --sources {' '.join(args.sources)} --out {args.out}/export")
     return 0

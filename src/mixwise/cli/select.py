@@ -35,7 +35,16 @@ class SelectArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the plan (the method's own seeds are its fields)."})
 
 
-def method_config_class(method: str) -> type | None:
+@dataclass
+class RowSelectConfig:
+    """The settings of the row methods (`random`, `uniform`): how bad rows are handled."""
+
+    on_error: str = field(
+        default="raise", metadata={"help": "Bad rows: raise (naming them) or skip (counted in selection.json)."}
+    )
+
+
+def method_config_class(method: str) -> type:
     if method == "icons":
         from ..icons import ICONSConfig
 
@@ -45,7 +54,7 @@ def method_config_class(method: str) -> type | None:
 
         return CADCConfig
     if method in ROW_METHODS:
-        return None
+        return RowSelectConfig
     raise UsageError(f"unknown method {method!r} ({', '.join(FEATURE_METHODS + ROW_METHODS)})")
 
 
@@ -60,34 +69,57 @@ def parse(argv, prog: str, description: str) -> tuple:
             argv, return_remaining_strings=True
         )
         method = first.method
-    config_class = method_config_class(method)
-    if config_class is None:
-        return (*parse_with([SelectArguments], argv, prog, description), None)
-    return parse_with([SelectArguments, config_class], argv, prog, description)
+    return parse_with([SelectArguments, method_config_class(method)], argv, prog, description)
+
+
+def resolve_budget(args: SelectArguments, total: int) -> int:
+    """`--budget` rows, else `--ratio` of the pool's `total` rows; a ratio outside (0, 1] or a budget that is not a
+    positive whole number is a usage error."""
+    from ..plan import check_budget
+
+    if args.budget is not None:
+        try:
+            return check_budget(args.budget, "--budget")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    if not isinstance(args.ratio, int | float) or not 0 < args.ratio <= 1:
+        raise UsageError(f"--ratio must be in (0, 1] (the share of the pool to select), got {args.ratio!r}")
+    return max(1, round(args.ratio * total))
 
 
 def select(args: SelectArguments, config: Any) -> dict[str, Any]:
     """Run the selection; returns `{"plan", "selector", "paths", "total"}` (files are written by the main process)."""
     from ..distributed import is_main_process
     from ..mixture import Mixture
+    from ..models import load_processing_class
     from ..registry import make_selector
     from ..selectors import SelectionContext
-    from ..sources import load_source, load_target
+    from ..sources import load_sources
+    from ..validation import validate_source
 
     if not args.pool:
         raise UsageError("--pool is required (one or more source directories)")
-    pool = [load_source(p, split=args.pool_split) for p in args.pool]
+    on_error = getattr(config, "on_error", "raise")
+    try:
+        pool = load_sources(args.pool, split=args.pool_split)
+        target_sources = load_sources(args.targets or [], split=args.target_split, role="target")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     total = sum(len(s) for s in pool)
-    budget = args.budget if args.budget is not None else max(1, round(args.ratio * total))
-    mixture = Mixture(pool, budget=budget, seed=args.seed)
-    if args.method in FEATURE_METHODS:
-        if not config.model_path or not args.targets:
-            raise UsageError(f"--method {args.method}: --model and --targets are required")
+    budget = resolve_budget(args, total)
+    feature = args.method in FEATURE_METHODS
+    if feature and (not config.model_path or not args.targets):
+        raise UsageError(f"--method {args.method}: --model and --targets are required")
+    # Validation before any model is loaded, with the processor the features are computed with.
+    processor = load_processing_class(config.model_path) if feature else None
+    max_length = getattr(config, "max_length", None)
+    mixture = Mixture(
+        pool, budget=budget, seed=args.seed, validate=on_error, processing_class=processor, max_length=max_length
+    )
+    if feature:
         targets = {}
-        for path in args.targets:
-            src = load_target(path, args.target_split)
-            if src.name in targets:
-                raise UsageError(f"two targets are named {src.name!r}; give them distinct folders")
+        for src in target_sources:
+            src, _ = validate_source(src, on_error=on_error, processing_class=processor, max_length=max_length)
             targets[src.name] = src.dataset
         if config.work_dir is None:
             config = replace(config, work_dir=os.path.join(args.out, "work"))

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import available
 from ..fingerprint import stable_seed
 from ..plan import Plan
 from ..signals.diversity import distinct_first_order
@@ -260,7 +261,7 @@ class DataProphetResult:
             for t in self.targets:
                 f.write(f"target,{t},{self.n_rows.get('target', {}).get(t, '')},{self.ppl_target.get(t, '')},,,\n")
         paths["signals"] = sig
-        if heatmap:
+        if heatmap and available("matplotlib", "the DataProphet heatmap"):
             from ..plots import heatmap as draw
 
             m = self.metric()

@@ -32,38 +32,65 @@ SFTTrainer with `peft_config`) is scored with that adapter as it is; a live mode
 LoRA adapter on a copy (peft's default initialisation, `B = 0`, so the model's function is unchanged and the
 features are the `lora_B` gradients — a random sketch `Σ_t δ_t (A x_t)ᵀ` of the full weight gradients). `adam`
 features need a warm-up checkpoint. Set `run_warmup=True` to train the warm-up on a copy of the live model instead
-(single process only).
+(with several processes it trains once, on the main process, so that its result does not depend on the number of
+processes: [`mixwise.signals.warmup.run_warmup`]). A live model sharded by FSDP2 or ZeRO-3 is gathered into an
+unsharded replica for the selection ([`mixwise.distributed.unsharded`]).
 
 **Stores.** Every datastore lives in `work_dir/features/<checkpoint>/<pool|target-NAME>-<hash of its identity>`,
 so a rerun with the same settings resumes (or reuses) it, and a change of model, adapter, projection, gradient mode or
 data goes to a new store instead of mixing features.
 
-**Multi-process.** Under `accelerate launch`/`torchrun` every process fills its own chunks of the same datastores
-(`work_dir` must be on a shared file system when several nodes are used), then every process computes the same
-influence and selection from the complete stores; 1 and 2 processes give byte-identical stores and the same plan.
+**Multi-process.** Under `accelerate launch`/`torchrun` every process fills its own chunks of the same datastores,
+each chunk into files of its own (`work_dir` must be on a file system every node sees; NFS is fine: no file has two
+writers), then every process computes the same influence and selection from the complete stores; 1, 2 and 3
+processes, and 2 nodes, give byte-identical stores and the same plan.
 
 The package: [`config`](config.py) (`ICONSConfig`, also the `mixwise select --method icons` command line),
 [`aggregation`](aggregation.py) (vote and the other aggregators), [`result`](result.py) (`ICONSResult`, plots),
 [`selector`](selector.py) (`run_icons`, the `ICONS` selector).
 """
 
-from ..signals.features import SIGNALS
-from .aggregation import AGGREGATORS, Selection, aggregate, top_set_overlap, vote_counts, vote_histogram
-from .config import ICONSConfig
-from .result import ICONSResult, plot_result
-from .selector import ICONS, run_icons
+from __future__ import annotations
 
-__all__ = [
-    "AGGREGATORS",
-    "ICONS",
-    "ICONSConfig",
-    "ICONSResult",
-    "SIGNALS",
-    "Selection",
-    "aggregate",
-    "plot_result",
-    "run_icons",
-    "top_set_overlap",
-    "vote_counts",
-    "vote_histogram",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# names are imported when first used, so that `mixwise.icons.aggregation` (numpy only) does not import torch
+_LAZY = {
+    "AGGREGATORS": "aggregation",
+    "Selection": "aggregation",
+    "aggregate": "aggregation",
+    "top_set_overlap": "aggregation",
+    "vote_counts": "aggregation",
+    "vote_histogram": "aggregation",
+    "ICONSConfig": "config",
+    "ICONSResult": "result",
+    "plot_result": "result",
+    "ICONS": "selector",
+    "run_icons": "selector",
+    "answer_labels": "selector",
+    "SIGNALS": "..signals.features",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = _LAZY[name]
+        value = getattr(importlib.import_module(module if module.startswith("..") else f".{module}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:
+    from ..signals.features import SIGNALS
+    from .aggregation import AGGREGATORS, Selection, aggregate, top_set_overlap, vote_counts, vote_histogram
+    from .config import ICONSConfig
+    from .result import ICONSResult, plot_result
+    from .selector import ICONS, answer_labels, run_icons

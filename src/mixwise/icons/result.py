@@ -9,6 +9,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from ..extras import available
 from ..fingerprint import short_hash
 from ..signals.influence import InfluenceScores
 from ..transforms import add_columns
@@ -108,7 +109,7 @@ class ICONSResult:
             tasks=np.array(self.influence.tasks),
         )
         paths = [path]
-        if plots:
+        if plots and available("matplotlib", "the ICONS plots"):
             paths += plot_result(self, out_dir)
         return paths
 

@@ -1,4 +1,5 @@
-"""MM-GEN's configuration: also the `mixwise generate` command line and YAML schema (`recipes/mmgen.yaml`)."""
+"""MM-GEN's configuration: also the `mixwise generate` command line and YAML schema (`mixwise recipes copy
+mmgen.yaml` writes the shipped example)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
+from ..extras import require
 from ..fingerprint import stable_seed
 from ..models import load_model
 
@@ -252,7 +253,7 @@ class OpenAIChatGenerator:
         }
 
     def _session(self) -> Any:
-        import requests
+        requests = require("requests", "the OpenAI-compatible generator")
 
         if getattr(self._local, "session", None) is None:
             self._local.session = requests.Session()
@@ -283,7 +284,7 @@ class OpenAIChatGenerator:
 
     def request(self, req: GenerationRequest) -> GenerationOutput:
         """One request with retries; never raises (failures are returned as `error`)."""
-        import requests
+        requests = require("requests", "the OpenAI-compatible generator")
 
         body = self._body(req)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

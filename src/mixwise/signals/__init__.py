@@ -9,7 +9,7 @@ In the order a row travels:
 * [`warmup`](warmup.py): the LoRA warm-up that gradients are taken at (LESS / ICONS / CADC step 1);
 * [`gradients`](gradients.py): exact per-sample LoRA gradients in one batched backward;
 * [`projection`](projection.py): seeded, memory-bounded random projections;
-* [`datastore`](datastore.py): sharded, memory-mapped, resumable feature stores;
+* [`datastore`](datastore.py): resumable feature stores, one writer per file (safe on NFS);
 * [`influence`](influence.py): per-task influence, streamed from a store;
 * [`features`](features.py): the pipeline ICONS and CADC share (warm-up → features → stores), and its config.
 

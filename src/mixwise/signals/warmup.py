@@ -11,6 +11,8 @@ optimizer state saved in the checkpoint.
   hidden size ~100 (rank 16, 10% of the pool, lr 3e-3, 2 epochs). [`WarmupConfig.tiny`]: the same shapes scaled down
   for the test zoo. A checkpoint (adapter + `optimizer.pt` + `trainer_state.json`) is written after every epoch.
 * **Rows.** A seeded uniform sample of `round(fraction · N)` pool rows (at least one), the same in every process.
+* **Processes.** The warm-up is the same for any number of processes: with several, the main process trains it
+  alone, as a single-process run in a child process, while the others wait ([`run_warmup`]).
 * **Labels.** Rows are encoded with [`mixwise.signals.encoding.encode_rows`], so the warm-up, like the features, trains on
   answer tokens only.
 * **Optimizer state by name.** `Trainer` saves `optimizer.state_dict()`, whose state is keyed by *integer index* in
@@ -47,6 +49,8 @@ from .gradients import AdamState
 
 OPTIMIZER_NAMES_FILE = "mixwise_optimizer_params.json"
 WARMUP_FILE = "warmup.json"
+FAILED_FILE = "warmup.failed"  # written by the main process when a multi-process warm-up failed (with its key)
+JOB_DIR = "job"  # the main process's job for its single-process child: rows, model or its path, processor
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -294,46 +298,250 @@ def run_warmup(
 ) -> WarmupResult:
     """Train the warm-up LoRA on a seeded `fraction` of `dataset` with `transformers.Trainer`.
 
+    **The same warm-up for any number of processes.** With one process the warm-up trains in it. Under
+    `torchrun` / `accelerate launch` with N > 1 processes it is not data-parallel (that would change the global
+    batch, hence the number of optimizer steps, and the floating-point sums): the main process trains it alone,
+    as one single-process `Trainer` in a child process of its own (a fresh interpreter without the launcher's
+    distributed environment, on the main process's device and with its number of threads), while the other
+    processes wait for its result by polling the file system (no collective is in flight, so no collective time-out
+    applies to a long warm-up). The checkpoints, hence the adapters, features, datastores and selection, are the
+    same for 1, 2 or N processes (tested with 1, 2 and 3). A live model is handed to the child by saving it (and
+    its processor) into `output_dir/job/base-model`; a model given as a path is loaded from that path. The other
+    processes' devices idle meanwhile; the warm-up is 5% of the pool for one epoch (ICONS).
+
     Args:
         model: a base model (deep-copied, never modified) or a path to load one from.
         processing_class: its processor/tokenizer (loaded with the model when `model` is a path and this is None).
         dataset: the pool rows (e.g. `Mixture.dataset`).
         output_dir: checkpoints go to `output_dir/checkpoint-<step>`; `warmup.json` records the result. A finished
             warm-up with the same configuration, model and data is reused; a different one in the same directory is
-            refused.
+            refused. With several processes it must be on a file system every process sees.
         config: hyper-parameters (default: the ICONS preset).
         model_id: identifier recorded with the result (default: the model's `name_or_path`).
         use_cpu: force CPU training (default: CPU when CUDA is unavailable).
     """
+    from .. import distributed
+
+    cfg = config or WarmupConfig.icons()
+    model_path = None
+    if isinstance(model, str | os.PathLike):
+        model_path = os.fspath(model)
+        model_id = model_id or model_path
+    elif hasattr(model, "peft_config"):
+        raise ValueError("the warm-up trains a new LoRA adapter; pass the base model, not a peft model")
+    model_id = model_id or (model_path if model_path is not None else model_id_of(model))
+    rows = warmup_rows(len(dataset), cfg.fraction, cfg.seed)
+    key = _warmup_key(cfg, model_id, dataset._fingerprint, rows)
+    if use_cpu is None:
+        use_cpu = not torch.cuda.is_available()
+    st = distributed.state()
+    if st.num_processes == 1:
+        os.makedirs(output_dir, exist_ok=True)
+        done = _finished_warmup(output_dir, key)
+        if done is not None:
+            return done
+        if model_path is not None:
+            base, loaded = load_model(model_path)
+            processing_class = processing_class or loaded
+        else:
+            base = detached_copy(model)
+        if processing_class is None:
+            raise ValueError("run_warmup needs the model's processor or tokenizer")
+        return train_warmup(base, processing_class, dataset.select(rows.tolist()), output_dir, cfg, rows, key,
+                            model_id, progress, use_cpu)  # fmt: skip
+
+    # Several processes: the main process decides (so that every rank takes the same branch), then trains alone.
+    def check():
+        os.makedirs(output_dir, exist_ok=True)
+        done = _finished_warmup(output_dir, key)  # raises for another warm-up in this directory
+        failed = os.path.join(output_dir, FAILED_FILE)
+        if done is None and os.path.exists(failed):
+            os.remove(failed)  # a failure of an earlier attempt (removed before the others start waiting)
+        return done is not None
+
+    finished = distributed.broadcast(_outcome(check) if st.is_main_process else None)
+    if isinstance(finished, BaseException):
+        raise finished
+    error: BaseException | None = None
+    if not finished:
+        distributed.barrier()
+        if st.is_main_process:
+            try:
+                _train_in_child(model, model_path, processing_class, dataset, output_dir, cfg, rows, key, model_id,
+                                progress, use_cpu)  # fmt: skip
+            except Exception as err:
+                error = err
+                with open(os.path.join(output_dir, FAILED_FILE), "w") as f:
+                    f.write(key)
+        else:
+            _wait_for_warmup(output_dir, key)
+    distributed.gather_agreed(None, error)
+    return WarmupResult.load(output_dir)
+
+
+def _outcome(fn):
+    try:
+        return fn()
+    except Exception as err:  # handed to the other ranks by the broadcast, then raised on every rank
+        return err
+
+
+def _finished_warmup(output_dir: str, key: str) -> WarmupResult | None:
+    if not os.path.exists(os.path.join(output_dir, WARMUP_FILE)):
+        return None
+    done = WarmupResult.load(output_dir)
+    if done.key == key:
+        return done
+    raise ValueError(
+        f"{output_dir} holds a warm-up for another configuration, model or dataset (key {done.key}, need {key}); "
+        "use another directory or delete it"
+    )
+
+
+def _wait_for_warmup(output_dir: str, key: str, poll: float = 1.0) -> None:
+    """Wait (polling files, no collective) until the main process's warm-up has finished or failed."""
+    import time
+
+    while True:
+        for name in (WARMUP_FILE, FAILED_FILE):
+            path = os.path.join(output_dir, name)
+            if os.path.exists(path):
+                try:
+                    if name == WARMUP_FILE and WarmupResult.load(output_dir).key == key:
+                        return
+                    if name == FAILED_FILE:
+                        with open(path) as f:
+                            if f.read().strip() == key:
+                                return
+                except (OSError, ValueError, KeyError):  # a file being replaced right now: look again
+                    pass
+        time.sleep(poll)
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of a single-process child: the launcher's distributed and sharding variables removed, the
+    parent's thread count, its device, and this mixwise importable."""
+    env = dict(os.environ)
+    for name in list(env):
+        if name in _DISTRIBUTED_ENV or name.startswith(("TORCHELASTIC_", "FSDP_", "ACCELERATE_DEEPSPEED_")):
+            env.pop(name)
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_CONFIG_DS_FIELDS"):
+        env.pop(name, None)
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    if torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        index = torch.cuda.current_device()
+        env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([root, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    return env
+
+
+_DISTRIBUTED_ENV = {
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK",
+}  # fmt: skip
+
+
+def _train_in_child(model, model_path, processing_class, dataset, output_dir, cfg, rows, key, model_id, progress,
+                    use_cpu) -> None:  # fmt: skip
+    """The main process's side of a multi-process warm-up: write the job (rows, model or its path, processor),
+    run it in a single-process child, re-raise its exception here."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .. import distributed
+
+    job = os.path.join(output_dir, JOB_DIR)
+    if os.path.exists(job):
+        shutil.rmtree(job)
+    os.makedirs(job)
+    dataset.select(rows.tolist()).save_to_disk(os.path.join(job, "rows"))
+    spec: dict[str, Any] = {
+        "model_path": model_path,
+        "output_dir": os.path.abspath(output_dir),
+        "config": asdict(cfg),
+        "rows": rows.tolist(),
+        "key": key,
+        "model_id": model_id,
+        "progress": progress,
+        "use_cpu": use_cpu,
+        "name_or_path": None,
+    }
+    if model_path is None:  # a live model: saved with its processor, as a checkpoint directory
+        if processing_class is None:
+            raise ValueError("run_warmup needs the model's processor or tokenizer")
+        base = os.path.join(job, "base-model")
+        model.save_pretrained(base)
+        processing_class.save_pretrained(base)
+        spec["model_path"] = base
+        spec["name_or_path"] = getattr(getattr(model, "config", None), "_name_or_path", None)
+    elif processing_class is not None:  # given next to a model path: the child uses it, not the path's
+        processing_class.save_pretrained(os.path.join(job, "processor"))
+    atomic_write_json(os.path.join(job, "job.json"), spec, indent=1)
+    code = "import sys; from mixwise.signals.warmup import run_warmup_job; sys.exit(run_warmup_job(sys.argv[1]))"
+    proc = subprocess.run([sys.executable, "-c", code, job], env=_child_env())
+    error_file = os.path.join(job, "error.pkl")
+    if os.path.exists(error_file):
+        with open(error_file, "rb") as f:
+            raise distributed.unpack_error(f.read(), "the warm-up's child process")
+    if proc.returncode != 0:
+        raise RuntimeError(f"the warm-up's child process exited with code {proc.returncode} (job {job})")
+    if not os.path.exists(os.path.join(output_dir, WARMUP_FILE)):
+        raise RuntimeError(f"the warm-up's child process wrote no {WARMUP_FILE} (job {job})")
+    shutil.rmtree(job, ignore_errors=True)
+
+
+def run_warmup_job(job: str) -> int:
+    """The child's side of a multi-process warm-up ([`run_warmup`]): train the job in `job` in this (single)
+    process; an exception is written to `job/error.pkl` for the parent to raise. Returns the exit code."""
+    import datasets
+
+    from .. import distributed
+    from ..models import load_processing_class
+
+    try:
+        with open(os.path.join(job, "job.json")) as f:
+            spec = json.load(f)
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        model, processing_class = load_model(spec["model_path"])
+        if spec["name_or_path"]:
+            model.config._name_or_path = spec["name_or_path"]  # recorded in the adapter config, as in one process
+        if os.path.isdir(os.path.join(job, "processor")):
+            processing_class = load_processing_class(os.path.join(job, "processor"))
+        subset = datasets.load_from_disk(os.path.join(job, "rows"))
+        cfg = WarmupConfig(**spec["config"])
+        rows = np.asarray(spec["rows"], dtype=np.int64)
+        train_warmup(model, processing_class, subset, spec["output_dir"], cfg, rows, spec["key"], spec["model_id"],
+                     spec["progress"], spec["use_cpu"])  # fmt: skip
+        return 0
+    except Exception as err:
+        with open(os.path.join(job, "error.pkl"), "wb") as f:
+            f.write(distributed.pack_error(err))
+        return 1
+
+
+def train_warmup(
+    model: torch.nn.Module,
+    processing_class: Any,
+    subset: Any,
+    output_dir: str,
+    cfg: WarmupConfig,
+    rows: np.ndarray,
+    key: str,
+    model_id: str | None,
+    progress: bool = True,
+    use_cpu: bool = True,
+) -> WarmupResult:
+    """Train the warm-up LoRA on `subset` (the warm-up `rows` of the pool) in this process — one process, not
+    distributed — resuming an interrupted run with the same `key`, and write `warmup.json`. `model` (a base model,
+    modified: pass a copy) gets the adapter."""
     from peft import get_peft_model
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
-    from .. import distributed
-
-    cfg = config or WarmupConfig.icons()
-    if isinstance(model, str | os.PathLike):
-        model_id = model_id or os.fspath(model)
-        model, loaded_processing = load_model(os.fspath(model))
-        processing_class = processing_class or loaded_processing
-    else:
-        if hasattr(model, "peft_config"):
-            raise ValueError("the warm-up trains a new LoRA adapter; pass the base model, not a peft model")
-        model = detached_copy(model)
-    if processing_class is None:
-        raise ValueError("run_warmup needs the model's processor or tokenizer")
-    model_id = model_id or model_id_of(model)
-    rows = warmup_rows(len(dataset), cfg.fraction, cfg.seed)
-    key = _warmup_key(cfg, model_id, dataset._fingerprint, rows)
     os.makedirs(output_dir, exist_ok=True)
-    if os.path.exists(os.path.join(output_dir, WARMUP_FILE)):
-        done = WarmupResult.load(output_dir)
-        if done.key == key:
-            return done
-        raise ValueError(
-            f"{output_dir} holds a warm-up for another configuration, model or dataset (key {done.key}, need {key}); "
-            "use another directory or delete it"
-        )
     pending = os.path.join(output_dir, "warmup.pending")
     resume = None
     if os.path.exists(pending):
@@ -342,23 +550,17 @@ def run_warmup(
                 resume = get_last_checkpoint(output_dir)
     if resume is None and glob.glob(os.path.join(output_dir, "checkpoint-*")):
         raise ValueError(f"{output_dir} holds checkpoints of another, unfinished warm-up; use another directory")
-    st = distributed.state()
-    st.wait_for_everyone()
-    if st.is_main_process:
-        with open(pending, "w") as f:
-            f.write(key)
+    with open(pending, "w") as f:
+        f.write(key)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the LoRA initialisation
         peft_model = get_peft_model(model, lora_config(model, cfg))
-    subset = dataset.select(rows.tolist())
     encoder = RowEncoder(processing_class, cfg.max_length, image_token_id(model))
 
     def collate(batch_rows):
         return encoder.encode(batch_rows, [("warmup", -1)] * len(batch_rows))
 
-    if use_cpu is None:
-        use_cpu = not torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=output_dir,
         num_train_epochs=cfg.epochs,
@@ -384,13 +586,10 @@ def run_warmup(
     trainer = Trainer(model=peft_model, args=args, train_dataset=subset, data_collator=collate)
     trainer.add_callback(_optimizer_names_callback())
     trainer.train(resume_from_checkpoint=resume)
-    st.wait_for_everyone()
     result = _collect(output_dir, cfg, rows, key, model_id)
-    if st.is_main_process:
-        result.save()
-        if os.path.exists(pending):
-            os.remove(pending)
-    st.wait_for_everyone()
+    result.save()
+    if os.path.exists(pending):
+        os.remove(pending)
     return WarmupResult.load(output_dir)
 
 
@@ -496,20 +695,36 @@ def trainer_optimizer_order(model: torch.nn.Module) -> tuple[list[str], list[int
     return first + second, [len(first), len(second)]
 
 
-def load_adam_state(checkpoint: str, model: torch.nn.Module, names: Sequence[str] | None = None) -> AdamState:
-    """The Adam moments of `model`'s LoRA parameters from a `Trainer` checkpoint, matched **by name**.
+def optimizer_kind(groups: Sequence[dict], state: dict) -> str:
+    """A name for the optimizer whose `state_dict()` this is, from its parameter-group and state keys (the
+    checkpoint does not record the optimizer's class)."""
+    group_keys = set().union(*(g.keys() for g in groups)) if groups else set()
+    state_keys = set().union(*(e.keys() for e in state.values())) if state else set()
+    if {"decay_rate", "clip_threshold"} <= group_keys or state_keys & {"exp_avg_sq_row", "exp_avg_sq_col"}:
+        return "Adafactor"
+    if state_keys & {"state1", "qmap1", "absmax1"}:
+        return "a bitsandbytes optimizer (quantized state)"
+    if "momentum_buffer" in state_keys or ({"momentum", "dampening"} <= group_keys and "betas" not in group_keys):
+        return "SGD"
+    if "square_avg" in state_keys:
+        return "RMSprop"
+    if "sum" in state_keys:
+        return "Adagrad"
+    if {"exp_avg", "exp_avg_sq"} <= state_keys:
+        return "Adam"
+    if not state_keys:
+        return "an optimizer that holds no per-parameter state"
+    return f"an optimizer with state keys {sorted(state_keys)}"
 
-    `optimizer.pt` keys its state by integer index in parameter-group order. The names of those indices come from the
-    checkpoint's `mixwise_optimizer_params.json` (written by the warm-up from the live optimizer) or, for checkpoints
-    of other `Trainer` runs, from [`trainer_optimizer_order`] applied to `model` (which must have the same trainable
-    parameters as the trained model, e.g. loaded with [`attach_adapter`]). Every state tensor's shape is checked
-    against its named parameter; a mismatch raises naming the parameter and index.
 
-    Args:
-        checkpoint: the checkpoint directory.
-        model: the peft model the features are computed with.
-        names: the LoRA parameters needed (default: all trainable parameters).
-    """
+def require_adam_state(checkpoint: str) -> None:
+    """Refuse (naming the optimizer found) a checkpoint whose `optimizer.pt` holds no Adam moments, before any
+    model is loaded."""
+    _read_adam_state(checkpoint)
+
+
+def _read_adam_state(checkpoint: str) -> tuple[list[dict], dict]:
+    """`optimizer.pt`'s parameter groups and state, refused unless they hold Adam moments."""
     path = os.path.join(checkpoint, "optimizer.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -517,7 +732,38 @@ def load_adam_state(checkpoint: str, model: torch.nn.Module, names: Sequence[str
             "save_only_model=False)"
         )
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    groups, state = saved["param_groups"], saved["state"]
+    _require_adam(checkpoint, saved["param_groups"], saved["state"])
+    return saved["param_groups"], saved["state"]
+
+
+def _require_adam(checkpoint: str, groups: Sequence[dict], state: dict) -> None:
+    kind = optimizer_kind(groups, state)
+    if kind != "Adam":
+        keys = sorted(set().union(*(e.keys() for e in state.values()))) if state else []
+        raise ValueError(
+            f"pool_mode='adam' needs Adam moments (exp_avg, exp_avg_sq), but optimizer.pt of {checkpoint} holds the "
+            f"state of {kind} (state keys: {keys}); warm up with an Adam optimizer (optim='adamw_torch') or use "
+            "pool_mode='sgd'"
+        )
+
+
+def load_adam_state(checkpoint: str, model: torch.nn.Module, names: Sequence[str] | None = None) -> AdamState:
+    """The Adam moments of `model`'s LoRA parameters from a `Trainer` checkpoint, matched **by name**.
+
+    `optimizer.pt` keys its state by integer index in parameter-group order. The names of those indices come from the
+    checkpoint's `mixwise_optimizer_params.json` (written by the warm-up from the live optimizer) or, for checkpoints
+    of other `Trainer` runs, from [`trainer_optimizer_order`] applied to `model` (which must have the same trainable
+    parameters as the trained model, e.g. loaded with [`attach_adapter`]). Every state tensor's shape is checked
+    against its named parameter; a mismatch raises naming the parameter and index. A checkpoint of another optimizer
+    (Adafactor, SGD, ...) is refused naming the optimizer found, and so is one missing the moments of any parameter
+    (zero moments would silently change the features).
+
+    Args:
+        checkpoint: the checkpoint directory.
+        model: the peft model the features are computed with.
+        names: the LoRA parameters needed (default: all trainable parameters).
+    """
+    groups, state = _read_adam_state(checkpoint)
     indices = [int(i) for g in groups for i in g["params"]]
     sizes = [len(g["params"]) for g in groups]
     recorded = os.path.join(checkpoint, OPTIMIZER_NAMES_FILE)
@@ -550,10 +796,8 @@ def load_adam_state(checkpoint: str, model: torch.nn.Module, names: Sequence[str
         idx = by_name[name]
         shape = tuple(params[name].shape)
         entry = state.get(idx)
-        if entry is None or "exp_avg" not in entry:
+        if entry is None or "exp_avg" not in entry or "exp_avg_sq" not in entry:
             missing.append(name)
-            exp_avg[name] = torch.zeros(shape)
-            exp_avg_sq[name] = torch.zeros(shape)
             continue
         for key in ("exp_avg", "exp_avg_sq"):
             if tuple(entry[key].shape) != shape:
@@ -563,6 +807,12 @@ def load_adam_state(checkpoint: str, model: torch.nn.Module, names: Sequence[str
                 )
         exp_avg[name] = entry["exp_avg"].float()
         exp_avg_sq[name] = entry["exp_avg_sq"].float()
+    if missing:  # zero moments would turn the features into (1-β1)g/sqrt((1-β2)g²+ε) without a word
+        raise ValueError(
+            f"optimizer.pt of {checkpoint} has no Adam moments for {len(missing)} of the {len(wanted)} parameters "
+            f"(e.g. {missing[0]!r}, matched via {origin}): they never took an optimizer step; 'adam' features need "
+            "the moments of every parameter"
+        )
     betas = {tuple(g.get("betas", (0.9, 0.999))) for g in groups}
     if len(betas) != 1:
         raise ValueError(f"parameter groups of {checkpoint} use different Adam betas {betas}")
