@@ -5,11 +5,12 @@ target family of the toy world:
 
 1. make the pool: every toy family (`n_train` rows each) plus a planted source unrelated to every target (textures
    with weather questions);
-2. train the base twice with TRL's `SFTTrainer` (full fine-tuning, the same arguments and seed), each time on a
+2. train the base twice with TRL's `SFTTrainer` (full fine-tuning, the same arguments and seed, loss on the answer
+   tokens as in the base's pre-training), each time on a
    mixture of `budget` rows drawn through the mixture sampler: once planned by the selector (default: DataProphet,
    scoring every source against the target's validation rows with the live model, inside the trainer through
    `SelectionCallback`), once by the baseline (`uniform` per source, or `random` rows);
-3. measure greedy exact match on the target's test split for both, and print them side by side;
+3. measure greedy exact match on the target's test split for both (and the base), and print them side by side;
 4. write `selection.json` (the selected plan and its manifest), `report.md` (both allocations, planned vs consumed
    rows, losses, accuracies) and the selected run's model into the output directory.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .main import parse_with
+from .main import UsageError, parse_with
 
 UNRELATED = "unrelated"
 
@@ -32,7 +33,7 @@ class DemoArguments:
     """`mixwise demo`: a selected and a baseline mixture of the same budget, trained on the toy base, compared."""
 
     out: str = field(default="mixwise-demo", metadata={"help": "Output directory."})
-    target: str = field(default="colour", metadata={"help": "The toy family to improve (the target)."})
+    target: str = field(default="spatial", metadata={"help": "The toy family to improve (the target)."})
     selector: str = field(default="dataprophet", metadata={"help": "Selector of the selected run: dataprophet."})
     baseline: str = field(default="uniform", metadata={"help": "Selector of the baseline run: uniform or random."})
     n_train: int = field(default=64, metadata={"help": "Pool rows per source."})
@@ -63,6 +64,8 @@ def run(args: DemoArguments) -> int:
     print(
         f"\nmixwise demo: target '{args.target}', budget {args.budget} rows, exact match on {args.test_rows} test rows"
     )
+    width = max(width, len("base (no fine-tuning)"))
+    print(f"  {'base (no fine-tuning)':<{width}}  {acc['base']:.3f}")
     print(f"  {args.baseline:<{width}}  {acc['baseline']:.3f}")
     print(f"  {args.selector:<{width}}  {acc['selected']:.3f}  ({acc['selected'] - acc['baseline']:+.3f})")
     print(f"wrote {result['out']} (selection.json, model/, report.md) in {result['seconds']:.0f}s")
@@ -88,13 +91,13 @@ def run_demo(cfg: DemoArguments) -> dict[str, Any]:
 
     try:
         base_config = ToyBaseConfig(**json.loads(cfg.base)) if cfg.base else ToyBaseConfig()
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"--base must be a JSON object of toy base settings: {err}") from None
+    except (TypeError, ValueError) as err:  # not JSON, an unknown setting, or a refused value
+        raise UsageError(f"--base must be a JSON object of toy base settings: {err}") from None
 
     if cfg.target not in FAMILIES:
-        raise ValueError(f"unknown target family {cfg.target!r}; valid families are {list(FAMILIES)}")
+        raise UsageError(f"unknown target family {cfg.target!r}; valid families are {list(FAMILIES)}")
     if cfg.baseline not in ("uniform", "random"):
-        raise ValueError(f"baseline must be 'uniform' or 'random', got {cfg.baseline!r}")
+        raise UsageError(f"baseline must be 'uniform' or 'random', got {cfg.baseline!r}")
     start = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,10 @@ def run_demo(cfg: DemoArguments) -> dict[str, Any]:
         steps.update()
 
     steps.set_postfix_str("measuring")
-    accuracy = {}
+    from ..models import load_model
+
+    base_model, base_processor = load_model(base)
+    accuracy = {"base": float(exact_match(base_model.eval(), EncodedRows(test_rows, base_processor)).mean())}
     for role, run in runs.items():
         accuracy[role] = float(exact_match(run["model"], EncodedRows(test_rows, run["processor"])).mean())
     runs["selected"]["trainer"].save_model(str(out / "model"))
@@ -137,6 +143,20 @@ def run_demo(cfg: DemoArguments) -> dict[str, Any]:
         "accuracy": accuracy,
         "seconds": seconds,
     }
+
+
+class AnswerOnlyCollator:
+    """Batches rows with the loss on the answer tokens only, as the toy base was pre-trained
+    ([`mixwise.toybase.EncodedRows`]); TRL's default collator would put the loss on the questions too, which the base
+    never learned to predict, and the first steps would undo its pre-training."""
+
+    def __init__(self, processing_class: Any):
+        self.processing_class = processing_class
+
+    def __call__(self, examples: list[dict]) -> dict:
+        from ..toybase import EncodedRows
+
+        return EncodedRows(examples, self.processing_class).batch(range(len(examples)))
 
 
 def _train(cfg: DemoArguments, base: Path, pool: dict, targets: dict, selector: str, run_dir: Path) -> dict:
@@ -170,7 +190,13 @@ def _train(cfg: DemoArguments, base: Path, pool: dict, targets: dict, selector: 
         disable_tqdm=True,
         remove_unused_columns=False,  # keep `source`, so that what was consumed is counted
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=mixture.dataset, processing_class=processor)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=mixture.dataset,
+        processing_class=processor,
+        data_collator=AnswerOnlyCollator(processor),
+    )
     attach(trainer, mixture, selector=demo_selector(selector, cfg.seed, cfg.n_train), targets=targets,
            model_id=str(base))  # fmt: skip
     consumed = record_consumption(trainer).counts
@@ -198,6 +224,7 @@ def _report(cfg: DemoArguments, runs: dict, accuracy: dict, seconds: float) -> s
         "",
         f"| run | selector | exact match on {cfg.test_rows} test rows of {cfg.target} |",
         "|---|---|---:|",
+        f"| base (no fine-tuning) | — | {accuracy['base']:.3f} |",
         f"| baseline | {cfg.baseline} | {accuracy['baseline']:.3f} |",
         f"| selected | {cfg.selector} | **{accuracy['selected']:.3f}** |",
         "",
