@@ -36,8 +36,9 @@ def test_icons_reuses_the_old_datastores(old_work):
     model, processor = build_tiny_llava(seed=0)
     chunks = []
     cfg = ICONSConfig(
-        work_dir=str(work / "icons-work"), proj_dim=32, chunk_size=4, batch_size=4, progress=False, device="cpu"
-    )
+        work_dir=str(work / "icons-work"), proj_dim=32, chunk_size=4, batch_size=4, progress=False, device="cpu",
+        preset="paper",  # 0.1.0's aggregation, so that its selection is the reference
+    )  # fmt: skip
     result = run_icons(
         Mixture(pool, budget=6),
         {"count": target},

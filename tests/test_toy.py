@@ -44,7 +44,8 @@ def _questions(ds: datasets.Dataset) -> list[str]:
 def test_families_and_answer_spaces():
     assert toy.FAMILIES[:6] == ("count", "colour", "spatial", "ocr", "chart", "digits")
     assert toy.answer_space("count") == ["1", "2", "3", "4", "5"]
-    assert toy.answer_space("spatial") == ["left", "right", "above", "below"]
+    assert toy.answer_space("spatial") == ["left", "right", "up", "down"]
+    assert toy.answer_space("ocr") == [str(d) for d in range(10)]
     assert toy.answer_space("digits") == [str(d) for d in range(10)]
     assert 6 <= len(toy.answer_space("colour")) <= 8
     for family in toy.FAMILIES:
@@ -186,43 +187,36 @@ def test_answer_is_a_function_of_the_image(family):
     assert set(ds["answer"]) == set(toy.answer_space(family)), "every answer occurs in 400 rows"
 
 
-def _colour_blobs(image: PIL.Image.Image) -> list[tuple[float, float, float]]:
-    """(centre x, centre y, fill ratio of the bounding box) of each palette-coloured blob, largest first."""
-    pixels = np.asarray(image, dtype=np.int64)
-    palette = np.array(list(toy.COLOURS.values()))
-    distance = np.abs(pixels[:, :, None, :] - palette[None, None]).sum(axis=3)
-    nearest, close = distance.argmin(axis=2), distance.min(axis=2) < 60
-    blobs = []
-    for k in range(len(palette)):
-        ys, xs = np.nonzero(close & (nearest == k))
-        if len(xs) >= 8:
-            box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
-            blobs.append((len(xs), xs.mean(), ys.mean(), len(xs) / box))
-    return [blob[1:] for blob in sorted(blobs, reverse=True)]
-
-
-def test_spatial_answer_matches_geometry():
-    fill = {"square": 3, "circle": 2, "triangle": 1, "diamond": 1}  # how much of its bounding box a shape covers
-    ds = toy.make_source("spatial", 120, seed=4, fmt="rl")
-    checked = 0
+def test_spatial_answer_is_the_arrow_direction():
+    """The arrow's head (a wide triangle) is on the side it points to; its shaft is narrow."""
+    ds = toy.make_source("spatial", 80, seed=4, fmt="rl", image_size=64)
     for row in ds:
-        question = row["prompt"][0]["content"][1]["text"]
-        kinds = sorted((question.index(f"the {k}"), k) for k in toy.SHAPES if f"the {k}" in question)
-        (_, a), (_, b) = kinds
-        blobs = _colour_blobs(row["images"][0])
-        assert len(blobs) == 2, row["id"]
-        (xa, ya, fa), (xb, yb, fb) = blobs
-        dx, dy = xa - xb, ya - yb
-        expected_axis = "x" if row["answer"] in ("left", "right") else "y"
-        assert (abs(dx) > 3 * abs(dy)) if expected_axis == "x" else (abs(dy) > 3 * abs(dx)), row["id"]
-        if fill[a] == fill[b]:
-            continue  # triangle vs diamond: not told apart by this crude check
-        if (fa > fb) != (fill[a] > fill[b]):  # the first blob is b, not a
-            dx, dy = -dx, -dy
-        observed = {"x": "left" if dx < 0 else "right", "y": "above" if dy < 0 else "below"}[expected_axis]
-        assert observed == row["answer"], row["id"]
-        checked += 1
-    assert checked > 60
+        pixels = np.asarray(row["images"][0], dtype=np.int64)
+        ink = np.abs(pixels - pixels[0, 0]).sum(axis=2) > 90
+        ys, xs = np.nonzero(ink)
+        horizontal = row["answer"] in ("left", "right")
+        along, across = (xs, ys) if horizontal else (ys, xs)
+        lo, hi = along.min(), along.max()
+
+        def width(at, lo=lo, hi=hi, along=along):  # the arrow's extent across its axis, at a fraction of its length
+            line = round(lo + at * (hi - lo))
+            return np.count_nonzero(along == line)
+
+        head_at_high = width(0.7) > width(0.3)  # the head is on the high-coordinate side (right / down)
+        assert head_at_high == (row["answer"] in ("right", "down")), row["id"]
+    assert set(ds["answer"]) == set(toy.RELATIONS)
+
+
+def test_objects_sit_inside_their_cells():
+    """What a question asks about lies inside one cell of the 4 x 4 patch grid (digits, arrows, counted shapes)."""
+    for family in ("spatial", "ocr", "digits", "count"):
+        ds = toy.make_source(family, 30, seed=8, fmt="rl")
+        for row in ds:
+            pixels = np.asarray(row["images"][0], dtype=np.int64)
+            ink = np.abs(pixels - pixels[0, 0]).sum(axis=2) > 120
+            cells = {(y // 8, x // 8) for y, x in zip(*np.nonzero(ink))}
+            expected = int(row["answer"]) if family == "count" else 1
+            assert len(cells) == expected, (family, row["id"], sorted(cells))
 
 
 def test_count_answer_matches_connected_components():
@@ -264,13 +258,17 @@ def test_chart_tallest_bar_has_the_answer_colour():
                 assert other.min() > top_of_answer + 2, (row["id"], name)
 
 
-def test_ocr_renders_text_offline():
-    ds = toy.make_source("ocr", 10, seed=0)
+def test_ocr_renders_digits_offline():
+    ds = toy.make_source("ocr", 40, seed=0, fmt="rl")
+    masks = {}
     for row in ds:
-        ink = np.asarray(row["images"][0].convert("L")) < 150
-        assert ink.sum() > 15, "text is visible"
-    # identical text renders to identical glyph masks, different text to different ones
-    assert toy._glyph_mask("cat").tobytes() != toy._glyph_mask("dog").tobytes()
+        gray = np.asarray(row["images"][0].convert("L"), dtype=np.int64)
+        ink = gray < gray[0, 0] - 60
+        assert ink.sum() > 8, "the digit is visible"
+        ys, xs = np.nonzero(ink)
+        masks.setdefault(row["answer"], set()).add(ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].tobytes())
+    # the same digit renders to the same glyph wherever it is drawn, different digits to different glyphs
+    assert all(len(m) == 1 for m in masks.values()) and len(set().union(*masks.values())) == len(masks)
 
 
 def test_sizes_and_image_size():
@@ -374,3 +372,65 @@ def test_corpus_covers_everything():
         ds = toy.make_source(family, 30, seed=12, fmt="rl")
         assert set(_questions(ds)) <= set(corpus)
         assert len(set(_questions(ds))) > 1, "questions have a few phrasings"
+
+
+def test_transfer_structure_is_the_jaccard_overlap_of_the_skills():
+    families, k = toy.transfer_structure()
+    assert families == list(toy.FAMILIES) and set(toy.SKILLS) == set(toy.FAMILIES)
+    np.testing.assert_allclose(np.diag(k), 1.0)
+    np.testing.assert_allclose(k, k.T)
+    at = {(s, t): k[families.index(s), families.index(t)] for s in families for t in families}
+    assert at["colour", "chart"] == 0.5  # {colour names} vs {colour names, comparing sizes}
+    assert at["ocr", "digits"] == pytest.approx(2 / 3)  # {numerals, glyphs} vs {numerals, glyphs, handwriting}
+    assert at["count", "ocr"] == pytest.approx(1 / 3) and at["shape", "spatial"] == 0.5
+    assert at["colour", "count"] == 0.0 and at["shape", "digits"] == 0.0
+    sub, k2 = toy.transfer_structure(["digits", "ocr"])
+    assert sub == ["digits", "ocr"] and k2[0, 1] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="'nope'"):
+        toy.transfer_structure(["nope"])
+
+
+@pytest.mark.parametrize("fmt", toy.FORMATS)
+def test_unrelated_source(fmt):
+    ds = toy.make_unrelated(60, seed=3, fmt=fmt)
+    assert ds.features == toy.features(fmt) and set(ds["source"]) == {"unrelated"}
+    assert ds[0]["id"] == "unrelated/train/0"
+    answers = _answers(ds)
+    assert set(answers) == set(toy.UNRELATED_ANSWERS)
+    assert not set(answers) & {a for f in toy.FAMILIES for a in toy.answer_space(f)}
+    assert set(_questions(ds)) <= set(toy.corpus()) and set(answers) <= set(toy.corpus())
+    assert toy.image_bytes(toy.make_unrelated(5, seed=3, fmt=fmt)) == toy.image_bytes(ds)[:5]
+    assert toy.image_bytes(toy.make_unrelated(5, seed=4, fmt=fmt)) != toy.image_bytes(ds)[:5]
+
+
+@pytest.mark.parametrize("fmt", toy.FORMATS)
+def test_mislabel_changes_exactly_the_returned_rows(fmt):
+    ds = toy.make_source("shape", 40, seed=2, fmt=fmt)
+    bad, changed = toy.mislabel(ds, "shape", 0.25, seed=7, source="shape_noisy")
+    assert len(changed) == 10 and changed == sorted(changed)
+    before, after = _answers(ds), _answers(bad)
+    assert [i for i in range(40) if before[i] != after[i]] == changed
+    assert all(a in toy.answer_space("shape") for a in after)
+    assert toy.image_bytes(bad) == toy.image_bytes(ds) and _questions(bad) == _questions(ds)
+    assert bad["id"] == ds["id"] and set(bad["source"]) == {"shape_noisy"} and bad.features == ds.features
+    assert toy.mislabel(ds, "shape", 0.25, seed=7)[1] == changed  # deterministic
+    everything, all_rows = toy.mislabel(ds, "shape", 1.0)
+    assert all_rows == list(range(40)) and all(a != b for a, b in zip(_answers(everything), before))
+    with pytest.raises(ValueError, match="answer space"):
+        toy.mislabel(ds, "colour", 0.5)
+    with pytest.raises(ValueError, match="fraction"):
+        toy.mislabel(ds, "shape", 1.5)
+
+
+def test_duplicate_repeats_rows_exactly():
+    ds = toy.make_source("spatial", 3, seed=1)
+    dup = toy.duplicate(ds, 4, source="dups")
+    assert len(dup) == 12 and set(dup["source"]) == {"dups"}
+    assert dup["id"][:5] == ["spatial/train/0#0", "spatial/train/0#1", "spatial/train/0#2", "spatial/train/0#3",
+                             "spatial/train/1#0"]  # fmt: skip
+    assert len(set(dup["id"])) == 12
+    blobs = toy.image_bytes(dup)
+    assert all(blobs[k] == toy.image_bytes(ds)[k // 4] for k in range(12))
+    assert _answers(dup) == [a for a in _answers(ds) for _ in range(4)]
+    with pytest.raises(ValueError, match="copies"):
+        toy.duplicate(ds, 0)

@@ -1,25 +1,39 @@
-"""A deterministic toy multimodal world: the library's embedded default data.
+"""A deterministic toy multimodal world with a known transfer structure: the library's embedded default data.
 
-Each *family* is a tiny image-question-answer task with a short answer drawn from a small closed set
-(:func:`answer_space`), learnable by a tiny randomly initialised VLM from a few hundred/thousand rows.
-Families are meant to be used as separate *sources* when measuring transfer between sources.
+Each *family* is a tiny image-question-answer task with a short answer from a small closed set (:func:`answer_space`).
+Images are drawn on a 4 x 4 grid of cells that coincides with the patch grid of the zoo's LLaVA (32 px images, 8 px
+patches), and what a question asks about lies inside one cell or one aligned 2 x 2 block: the visual evidence is
+local to patches, so a small VLM learns every family from a few hundred rows (a randomly initialised 0.36M-parameter
+LLaVA trained on all families at once learns each of them; a layout that needs the *position* of a patch, e.g. "is
+the circle left of the square", stayed at chance for it). Each family has a learning curve under the benchmarks'
+fine-tuning recipe from the pre-trained toy base ([`mixwise.toybase`]); ``benchmarks/selection_quality.py`` checks it
+before reporting anything.
 
-- ``count``: 1-5 non-overlapping shapes of one kind and colour (3x3 grid) -> "1" .. "5".
-- ``colour``: one big shape in a colour -> one of 8 colour names (:data:`COLOURS`).
-- ``spatial``: two shapes of different kinds and colours, far apart along one axis -> "left"/"right"/"above"/"below".
-- ``ocr``: a short token in PIL's embedded bitmap font -> one of 20 words / 2-digit numbers (:data:`OCR_VOCAB`).
-- ``chart``: 3-4 coloured bars, one clearly the tallest -> its colour name.
-- ``digits``: a real handwritten digit from ``sklearn.datasets.load_digits`` -> "0" .. "9".
-- ``shape``: one big shape (same generator as ``colour``) -> "circle"/"square"/"triangle"/"diamond".
+- ``colour``: one big shape (2 x 2 cells) -> its colour, one of 8 (:data:`COLOURS`).
+- ``chart``: 3-4 bars in distinct colours, one per column of cells; only the tallest reaches the top row -> its colour.
+- ``shape``: one big shape (the ``colour`` generator) -> "circle" / "square" / "triangle" / "diamond" (:data:`SHAPES`).
+- ``spatial``: an arrow inside one cell -> the direction it points to: "left" / "right" / "up" / "down".
+- ``count``: 1-5 small identical shapes, one per cell -> "1" .. "5".
+- ``ocr``: a printed digit (5 x 7 pixel font) inside one cell -> "0" .. "9" (:data:`OCR_VOCAB`).
+- ``digits``: a real handwritten digit from ``sklearn.datasets.load_digits`` inside one cell (at 32 px its 8 x 8
+  pixels are the cell's pixels) -> "0" .. "9".
 
-Questions come from a few templates per family (:data:`TEMPLATES`; the first is canonical). The answer is a
-deterministic function of the image (and, for ``spatial``, of which two shape kinds the question names).
+**Transfer structure.** Families share *sub-skills* (:data:`SKILLS`): naming colours (``colour``, ``chart``),
+recognising forms (``shape``, ``spatial``), reading digit glyphs (``ocr``, ``digits``) and answering with numerals
+(``count``, ``ocr``, ``digits``). :func:`transfer_structure` turns them into the known source → target matrix (Jaccard
+overlap of the skill sets, 1 on the diagonal): which source should help which target has a right answer, against
+which a training-free metric's ranking is checked (``benchmarks/transfer_tau.py``). Questions come from a few
+templates per family (:data:`TEMPLATES`; the first is canonical). The answer is a deterministic function of the image.
+
+**Planted sources** for selection benchmarks: :func:`make_unrelated` (textured images with weather questions and
+answers no family uses), :func:`mislabel` (all or a share of a dataset's answers replaced by a wrong answer of the same
+space; the rows changed are returned) and :func:`duplicate` (a few distinct rows, each repeated exactly).
 
 Everything is deterministic: row ``i`` of ``make_source(family, n, split, seed)`` is generated from its own
 ``numpy.random.default_rng`` seeded by ``(seed, family, split, i)`` through a stable (sha256) derivation, so the same
 arguments give byte-identical images and text in any process, and a smaller ``n`` yields a prefix of a larger one.
-Nothing is downloaded: shapes and charts are drawn with PIL, text uses PIL's embedded bitmap font and digits come
-from the copy bundled with scikit-learn (whose indices are split disjointly between train / validation / test).
+Nothing is downloaded: shapes, charts, arrows and printed digits are drawn with PIL, handwritten digits come from
+the copy bundled with scikit-learn (whose indices are split disjointly between train / validation / test).
 
 Rows use TRL's formats (see :func:`make_source`). Images are stored through ``datasets.Image`` (PNG bytes) and
 decode back to ``PIL.Image.Image``.
@@ -36,7 +50,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 from datasets.table import InMemoryTable
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from .fingerprint import stable_int
 
@@ -46,21 +60,28 @@ __all__ = [
     "FORMATS",
     "OCR_VOCAB",
     "SHAPES",
+    "SKILLS",
     "SPLITS",
+    "UNRELATED_ANSWERS",
     "answer_space",
     "corpus",
     "corrupt_rows",
     "digit_indices",
+    "duplicate",
     "features",
     "image_bytes",
     "make_source",
+    "make_unrelated",
     "make_world",
+    "mislabel",
     "save_world",
+    "transfer_structure",
 ]
 
 FORMATS = ("sft", "rl")
 SPLITS = ("train", "validation", "test")
 MIN_IMAGE_SIZE = 16
+GRID = 4  # cells per side: the patch grid of a 32 px image with 8 px patches
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -73,28 +94,54 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (20, 20, 20),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
-RELATIONS = ("left", "right", "above", "below")
-OCR_VOCAB = (
-    "cat", "dog", "sun", "box", "cup", "hat", "pen", "map", "bus", "egg", "fox", "key",
-    "12", "25", "37", "48", "53", "64", "79", "86",
-)  # fmt: skip
+RELATIONS = ("left", "right", "up", "down")
+OCR_VOCAB = tuple(str(d) for d in range(10))
+UNRELATED_ANSWERS = ("sunny", "rainy", "cloudy", "windy")  # the answers of make_unrelated
 _TEXT_INKS = ((0, 0, 0), (20, 20, 110), (110, 20, 20), (20, 90, 20))
 _SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased and recognisable at 32x32
 _DIGIT_SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 
-# Question templates; the first one is the canonical phrasing. Fields: {kind}, {a}, {b} range over SHAPES.
+# A 5 x 7 pixel font for the printed digits of ``ocr`` (one glyph fits one 8 px cell).
+_FONT: dict[str, tuple[str, ...]] = {
+    "0": ("01110", "10001", "10011", "10101", "11001", "10001", "01110"),
+    "1": ("00100", "01100", "00100", "00100", "00100", "00100", "01110"),
+    "2": ("01110", "10001", "00001", "00010", "00100", "01000", "11111"),
+    "3": ("11111", "00010", "00100", "00010", "00001", "10001", "01110"),
+    "4": ("00010", "00110", "01010", "10010", "11111", "00010", "00010"),
+    "5": ("11111", "10000", "11110", "00001", "00001", "10001", "01110"),
+    "6": ("00110", "01000", "10000", "11110", "10001", "10001", "01110"),
+    "7": ("11111", "00001", "00010", "00100", "01000", "01000", "01000"),
+    "8": ("01110", "10001", "10001", "01110", "10001", "10001", "01110"),
+    "9": ("01110", "10001", "10001", "01111", "00001", "00010", "01100"),
+}
+
+# Question templates; the first one is the canonical phrasing. Fields: {kind} ranges over SHAPES, {colour} over
+# COLOURS.
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "count": ("How many shapes are in the image?", "How many shapes are there?", "Count the shapes in the image."),
     "colour": ("What colour is the shape?", "What colour is the {kind}?", "Which colour is the shape in the image?"),
     "spatial": (
-        "Is the {a} left of, right of, above or below the {b}?",
-        "Where is the {a} relative to the {b}: left, right, above or below?",
+        "Which way does the arrow point?",
+        "Does the {colour} arrow point left, right, up or down?",
+        "In which direction does the arrow point?",
     ),
-    "ocr": ("What text is in the image?", "What does the text say?", "Read the text in the image."),
+    "ocr": ("What digit is printed?", "Read the printed digit.", "Which digit is printed in the image?"),
     "chart": ("Which bar is the tallest?", "Which colour is the tallest bar?", "Which bar is the highest?"),
     "digits": ("Which digit is written?", "What digit is shown in the image?", "Which number is handwritten here?"),
     "shape": ("What shape is in the image?", "Which shape is shown?", "What kind of shape is this?"),
 }
+_UNRELATED_TEMPLATES = ("What is the weather like?", "How is the weather today?", "Describe the weather.")
+
+SKILLS: dict[str, frozenset[str]] = {
+    "colour": frozenset({"colour names"}),
+    "chart": frozenset({"colour names", "comparing sizes"}),
+    "shape": frozenset({"forms"}),
+    "spatial": frozenset({"forms", "directions"}),
+    "count": frozenset({"numerals", "counting"}),
+    "ocr": frozenset({"numerals", "reading glyphs"}),
+    "digits": frozenset({"numerals", "reading glyphs", "handwriting"}),
+}
+"""The sub-skills each family exercises: the world's known transfer structure (see :func:`transfer_structure`)."""
 
 
 class _Row(NamedTuple):
@@ -157,38 +204,34 @@ class _Canvas:
         s = _SUPERSAMPLE
         _draw_shape(self._draw, kind, cx * s, cy * s, r * s, fill)
 
+    def polygon(self, points: Sequence[tuple[float, float]], fill) -> None:
+        self._draw.polygon([(x * _SUPERSAMPLE, y * _SUPERSAMPLE) for x, y in points], fill=fill)
+
     def rectangle(self, box: Sequence[float], fill) -> None:
-        self._draw.rectangle(tuple(v * _SUPERSAMPLE for v in box), fill=fill)
+        """Fill ``box`` = (x0, y0, x1, y1), the right and bottom edges excluded (PIL includes them)."""
+        x0, y0, x1, y1 = (v * _SUPERSAMPLE for v in box)
+        self._draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
 
     def image(self) -> Image.Image:
         return self._img.resize((self.size, self.size), Image.Resampling.BOX)
 
 
+def _jitter(rng: np.random.Generator, cell: float, amount: float = 0.08) -> tuple[float, float]:
+    """A small offset (a fraction of a cell) that keeps a drawing inside its cells."""
+    return tuple(float(v) for v in rng.uniform(-amount * cell, amount * cell, size=2))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # families: each returns (image, question, answer) from an rng
 # --------------------------------------------------------------------------------------------------------------------
-def _count(rng: np.random.Generator, size: int, row: _Row) -> Example:
-    """1-5 shapes of one kind and colour, one per distinct cell of a 3x3 grid (never overlapping)."""
-    n = int(rng.integers(1, 6))
-    kind, colour = _pick(rng, SHAPES), _pick(rng, list(COLOURS))
-    canvas = _Canvas(size, _background(rng))
-    cell = size / 3
-    r = cell * 0.32
-    slack = cell / 2 - r - 0.5
-    for c in rng.choice(9, size=n, replace=False):
-        cx = (int(c) % 3 + 0.5) * cell + rng.uniform(-slack, slack)
-        cy = (int(c) // 3 + 0.5) * cell + rng.uniform(-slack, slack)
-        canvas.shape(kind, cx, cy, r, COLOURS[colour])
-    return canvas.image(), _question(rng, "count"), str(n)
-
-
 def _big_shape(rng: np.random.Generator, size: int) -> tuple[Image.Image, str, str]:
+    """One shape spanning 2 x 2 cells at one of the 9 cell-aligned positions of the grid."""
     kind, colour = _pick(rng, SHAPES), _pick(rng, list(COLOURS))
+    cell = size / GRID
+    col, row = (int(v) for v in rng.integers(0, GRID - 1, size=2))
+    dx, dy = _jitter(rng, cell)
     canvas = _Canvas(size, _background(rng))
-    r = size * rng.uniform(0.28, 0.36)
-    jitter = size / 2 - r - 1
-    cx, cy = size / 2 + rng.uniform(-jitter, jitter, size=2)
-    canvas.shape(kind, cx, cy, r, COLOURS[colour])
+    canvas.shape(kind, (col + 1) * cell + dx, (row + 1) * cell + dy, cell * 0.9, COLOURS[colour])
     return canvas.image(), kind, colour
 
 
@@ -204,78 +247,84 @@ def _shape(rng: np.random.Generator, size: int, row: _Row) -> Example:
     return image, _question(rng, "shape"), kind
 
 
-def _spatial(rng: np.random.Generator, size: int, row: _Row) -> Example:
-    """Two shapes of different kinds and colours, separated along one axis by far more than along the other."""
-    a, b = _pick(rng, SHAPES, 2)
-    colour_a, colour_b = _pick(rng, list(COLOURS), 2)
-    relation = _pick(rng, RELATIONS)
-    r = size * 0.13
-    gap = size * rng.uniform(0.42, 0.58)  # distance along the asked axis
-    off = size * rng.uniform(-0.08, 0.08)  # small offset along the other axis
-    across = size * rng.uniform(0.3, 0.7)  # where the pair sits on the other axis
-    sign = -1 if relation in ("left", "above") else 1  # a is left of / above b -> a has the smaller coordinate
-    major_a, major_b = size / 2 + sign * gap / 2, size / 2 - sign * gap / 2
-    minor_a, minor_b = across + off / 2, across - off / 2
-    if relation in ("left", "right"):
-        (xa, ya), (xb, yb) = (major_a, minor_a), (major_b, minor_b)
-    else:
-        (xa, ya), (xb, yb) = (minor_a, major_a), (minor_b, major_b)
+def _small_shape(canvas: _Canvas, rng: np.random.Generator, kind: str, cell_index: int, fill) -> None:
+    """A shape inside one cell: radius a third of the cell, jitter 5% of it, so neighbours stay >= 1.5 px apart."""
+    cell = canvas.size / GRID
+    dx, dy = _jitter(rng, cell, 0.05)
+    cx, cy = (cell_index % GRID + 0.5) * cell + dx, (cell_index // GRID + 0.5) * cell + dy
+    canvas.shape(kind, cx, cy, cell * 0.33, fill)
+
+
+def _count(rng: np.random.Generator, size: int, row: _Row) -> Example:
+    """1-5 small shapes of one kind and colour, each in its own cell of the grid (never touching)."""
+    n = int(rng.integers(1, 6))
+    kind, colour = _pick(rng, SHAPES), _pick(rng, list(COLOURS))
     canvas = _Canvas(size, _background(rng))
-    canvas.shape(a, xa, ya, r, COLOURS[colour_a])
-    canvas.shape(b, xb, yb, r, COLOURS[colour_b])
-    return canvas.image(), _question(rng, "spatial", a=a, b=b), relation
+    for c in rng.choice(GRID * GRID, size=n, replace=False):
+        _small_shape(canvas, rng, kind, int(c), COLOURS[colour])
+    return canvas.image(), _question(rng, "count"), str(n)
 
 
-@functools.lru_cache(maxsize=1)
-def _font() -> ImageFont.ImageFont:
-    # The embedded bitmap font: no file, no FreeType, identical rendering everywhere.
-    loader = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)
-    return loader()
+_DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 
-@functools.cache
-def _glyph_mask(text: str) -> Image.Image:
-    """``text`` rendered once at the font's native size, cropped to its ink (mode L, 255 = ink)."""
-    font = _font()
-    left, top, right, bottom = font.getbbox(text)
-    mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
-    ImageDraw.Draw(mask).text((1 - left, 1 - top), text, fill=255, font=font)
-    return mask.crop(mask.getbbox())
+def _spatial(rng: np.random.Generator, size: int, row: _Row) -> Example:
+    """An arrow (shaft and head) inside one cell of the grid; the answer is the direction it points to."""
+    direction, colour = _pick(rng, RELATIONS), _pick(rng, list(COLOURS))
+    (ux, uy), cell = _DIRECTIONS[direction], size / GRID
+    index = int(rng.integers(GRID * GRID))
+    dx, dy = _jitter(rng, cell, 0.04)
+    cx, cy, r = (index % GRID + 0.5) * cell + dx, (index // GRID + 0.5) * cell + dy, cell * 0.42
+    vx, vy = -uy, ux  # perpendicular to the direction
+    head = [(cx + ux * r, cy + uy * r), (cx + vx * r * 0.9, cy + vy * r * 0.9), (cx - vx * r * 0.9, cy - vy * r * 0.9)]
+    w = r * 0.35
+    shaft = [
+        (cx + vx * w, cy + vy * w),
+        (cx - vx * w, cy - vy * w),
+        (cx - ux * r - vx * w, cy - uy * r - vy * w),
+        (cx - ux * r + vx * w, cy - uy * r + vy * w),
+    ]
+    canvas = _Canvas(size, _background(rng))
+    canvas.polygon(head, COLOURS[colour])
+    canvas.polygon(shaft, COLOURS[colour])
+    return canvas.image(), _question(rng, "spatial", colour=colour), direction
 
 
 def _ocr(rng: np.random.Generator, size: int, row: _Row) -> Example:
-    """A vocabulary token in the bitmap font, scaled (nearest, integer factor where it fits) and jittered."""
-    text = _pick(rng, OCR_VOCAB)
-    mask = _glyph_mask(text)
-    scale = min(0.9 * size / mask.width, 0.6 * size / mask.height)
-    if scale >= 1:
-        k = int(scale)
-        mask = mask.resize((mask.width * k, mask.height * k), Image.Resampling.NEAREST)
-    else:
-        new = (max(1, round(mask.width * scale)), max(1, round(mask.height * scale)))
-        mask = mask.resize(new, Image.Resampling.LANCZOS)
-    image = Image.new("RGB", (size, size), _background(rng))
-    x = int(rng.integers(0, size - mask.width + 1))
-    y = int(rng.integers(0, size - mask.height + 1))
-    image.paste(_TEXT_INKS[int(rng.integers(len(_TEXT_INKS)))], (x, y), mask)
-    return image, _question(rng, "ocr"), text
+    """A printed digit (the 5 x 7 pixel font, one glyph pixel per image pixel at 32 px) inside one cell of the grid."""
+    digit = _pick(rng, OCR_VOCAB)
+    cell = size / GRID
+    index = int(rng.integers(GRID * GRID))
+    px = cell / 8  # one glyph pixel per image pixel at 32 px: the glyph is pixel-exact wherever it is drawn
+    x0, y0 = (
+        (index % GRID) * cell + px * int(rng.integers(0, 3)),
+        (index // GRID) * cell + px * int(rng.integers(0, 2)),
+    )
+    px_w = px_h = px
+    canvas = _Canvas(size, _background(rng))
+    ink = _TEXT_INKS[int(rng.integers(len(_TEXT_INKS)))]
+    for r, line in enumerate(_FONT[digit]):
+        for c, bit in enumerate(line):
+            if bit == "1":
+                x, y = x0 + c * px_w, y0 + r * px_h
+                canvas.rectangle((x, y, x + px_w, y + px_h), ink)
+    return canvas.image(), _question(rng, "ocr"), digit
 
 
 def _chart(rng: np.random.Generator, size: int, row: _Row) -> Example:
-    """3-4 bars in distinct colours on a baseline; the tallest beats every other bar by >= 20% of the axis."""
+    """3-4 bars in distinct colours, one per column of cells; the tallest reaches the top row of cells, every other
+    bar stays at least a cell lower."""
     n = int(rng.integers(3, 5))
     colours = _pick(rng, list(COLOURS), n)
     top = int(rng.integers(n))
-    axis = size * 0.8
-    heights = rng.uniform(0.15, 0.55, size=n)
-    heights[top] = rng.uniform(0.78, 1.0)
+    columns = sorted(int(c) for c in rng.choice(GRID, size=n, replace=False))
+    heights = rng.uniform(0.2, 0.55, size=n)
+    heights[top] = rng.uniform(0.85, 0.95)
     canvas = _Canvas(size, _background(rng))
-    base, left, width = size * 0.9, size * 0.1, size * 0.8
-    slot = width / n
-    for j, (colour, h) in enumerate(zip(colours, heights)):
-        x0 = left + j * slot + slot * 0.15
-        canvas.rectangle((x0, base - h * axis, x0 + slot * 0.7, base), COLOURS[colour])
-    canvas.rectangle((left - 1, base, left + width + 1, base + max(1.0, size / 32)), (90, 90, 90))
+    cell, base = size / GRID, size * 0.97
+    for column, colour, h in zip(columns, colours, heights):
+        x0 = column * cell + cell * 0.15
+        canvas.rectangle((x0, base - h * size, x0 + cell * 0.7, base), COLOURS[colour])
     return canvas.image(), _question(rng, "chart"), colours[top]
 
 
@@ -305,16 +354,18 @@ def _digit_order(seed: int, split: str) -> np.ndarray:
 
 
 def _digits(rng: np.random.Generator, size: int, row: _Row) -> Example:
-    """A handwritten sklearn digit of ``row.split``'s pool (visited in a seeded order), upscaled and jittered."""
+    """A handwritten sklearn digit of ``row.split``'s pool (visited in a seeded order) inside one cell of the grid:
+    at 32 px its 8 x 8 pixels are the cell's pixels."""
     images, targets = _sklearn_digits()
     order = _digit_order(row.seed, row.split)
     idx = int(order[row.index % len(order)])
-    side = round(size * 0.8)
+    cell = size // GRID
+    index = int(rng.integers(GRID * GRID))
     ink = Image.fromarray((images[idx] * 255).round().astype(np.uint8), "L")
-    ink = ink.resize((side, side), Image.Resampling.BILINEAR)
+    if cell != 8:
+        ink = ink.resize((cell, cell), Image.Resampling.BILINEAR)
     image = Image.new("RGB", (size, size), _background(rng))
-    x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-    image.paste((0, 0, 0), (x, y), ink)
+    image.paste(_TEXT_INKS[int(rng.integers(len(_TEXT_INKS)))], ((index % GRID) * cell, (index // GRID) * cell), ink)
     return image, _question(rng, "digits"), str(int(targets[idx]))
 
 
@@ -375,10 +426,9 @@ def corpus() -> list[str]:
     for family in FAMILIES:
         texts.update(_ANSWERS[family])
         for template in TEMPLATES[family]:
-            if "{a}" in template:
-                texts.update(template.format(a=a, b=b) for a in SHAPES for b in SHAPES if a != b)
-            else:
-                texts.update(template.format(kind=kind) for kind in SHAPES)
+            texts.update(template.format(kind=kind, colour=colour) for kind in SHAPES for colour in COLOURS)
+    texts.update(UNRELATED_ANSWERS)
+    texts.update(_UNRELATED_TEMPLATES)
     return sorted(texts)
 
 
@@ -407,6 +457,35 @@ def _user_turn(question: str) -> dict:
     return {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": question}]}
 
 
+def _dataset(examples: Sequence[tuple[str, Example]], fmt: str, source: str) -> datasets.Dataset:
+    """Rows ``(id, (image, question, answer))`` laid out in ``fmt``."""
+    columns: dict[str, list] = {"id": [], "source": [], "images": []}
+    turns: list = []
+    answers: list[str] = []
+    for row_id, (image, question, answer) in examples:
+        columns["id"].append(row_id)
+        columns["images"].append([image])
+        if fmt == "sft":
+            turns.append([_user_turn(question), {"role": "assistant", "content": [{"type": "text", "text": answer}]}])
+        else:
+            turns.append([_user_turn(question)])
+            answers.append(answer)
+    columns["source"] = [source] * len(columns["id"])
+    if fmt == "sft":
+        columns["messages"] = turns
+    else:
+        columns["prompt"], columns["answer"] = turns, answers
+    return datasets.Dataset.from_dict(columns, features=features(fmt))
+
+
+def _check_common(n: int, split: str, seed: int, fmt: str, image_size: int) -> None:
+    _check_count("n", n)
+    _check_split(split)
+    _check_count("seed", seed)
+    _check_fmt(fmt)
+    _check_count("image_size", image_size, MIN_IMAGE_SIZE)
+
+
 def make_source(
     family: str,
     n: int,
@@ -425,33 +504,126 @@ def make_source(
     ``(family, split, seed, image_size, i)``.
     """
     _check_family(family)
-    _check_count("n", n)
-    _check_split(split)
-    _check_count("seed", seed)
-    _check_fmt(fmt)
-    _check_count("image_size", image_size, MIN_IMAGE_SIZE)
+    _check_common(n, split, seed, fmt, image_size)
     n, seed, image_size = int(n), int(seed), int(image_size)
     generate = _GENERATORS[family]
     family_key = stable_int("toy", family, split)
-    columns: dict[str, list] = {"id": [], "source": [], "images": []}
-    turns: list = []
-    answers: list[str] = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, family_key, i])
-        image, question, answer = generate(rng, image_size, _Row(seed, split, i))
-        columns["id"].append(f"{family}/{split}/{i}")
-        columns["images"].append([image])
-        if fmt == "sft":
-            turns.append([_user_turn(question), {"role": "assistant", "content": [{"type": "text", "text": answer}]}])
-        else:
-            turns.append([_user_turn(question)])
-            answers.append(answer)
-    columns["source"] = [source if source is not None else family] * n
-    if fmt == "sft":
-        columns["messages"] = turns
+    examples = [
+        (
+            f"{family}/{split}/{i}",
+            generate(np.random.default_rng([seed, family_key, i]), image_size, _Row(seed, split, i)),
+        )
+        for i in range(n)
+    ]
+    return _dataset(examples, fmt, source if source is not None else family)
+
+
+_TEXTURES = {"stripes": "windy", "checks": "cloudy", "speckles": "rainy", "rings": "sunny"}
+
+
+def _unrelated(rng: np.random.Generator, size: int) -> Example:
+    """A full-frame texture in two random (non-palette) colours; the answer is a weather word tied to the texture."""
+    texture = _pick(rng, list(_TEXTURES))
+    a, b = (np.array([int(v) for v in rng.integers(40, 216, size=3)]) for _ in range(2))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    period = float(rng.uniform(3.0, 7.0))
+    phase = float(rng.uniform(0, 2 * np.pi))
+    if texture == "stripes":
+        mask = np.sin(2 * np.pi * (xx + yy * rng.uniform(-1, 1)) / period + phase) > 0
+    elif texture == "checks":
+        mask = ((xx // period).astype(int) + (yy // period).astype(int)) % 2 == 0
+    elif texture == "speckles":
+        mask = rng.random((size, size)) < 0.35
     else:
-        columns["prompt"], columns["answer"] = turns, answers
-    return datasets.Dataset.from_dict(columns, features=features(fmt))
+        cx, cy = rng.uniform(0, size, size=2)
+        mask = np.sin(2 * np.pi * np.hypot(xx - cx, yy - cy) / period + phase) > 0
+    pixels = np.where(mask[..., None], a, b).astype(np.uint8)
+    question = _pick(rng, _UNRELATED_TEMPLATES)
+    return Image.fromarray(pixels, "RGB"), question, _TEXTURES[texture]
+
+
+def make_unrelated(
+    n: int,
+    split: str = "train",
+    seed: int = 0,
+    fmt: str = "sft",
+    image_size: int = 32,
+    source: str = "unrelated",
+) -> datasets.Dataset:
+    """``n`` rows unrelated to every family: full-frame textures (stripes, checks, speckles, rings) in non-palette
+    colours, a weather question and a weather answer (:data:`UNRELATED_ANSWERS`, a function of the texture). Same
+    formats and determinism as :func:`make_source`; ids are ``f"unrelated/{split}/{i}"``."""
+    _check_common(n, split, seed, fmt, image_size)
+    key = stable_int("toy", "unrelated", split)
+    examples = [
+        (f"unrelated/{split}/{i}", _unrelated(np.random.default_rng([int(seed), key, i]), int(image_size)))
+        for i in range(int(n))
+    ]
+    return _dataset(examples, fmt, source)
+
+
+def _answer_of(row: dict) -> str:
+    if "answer" in row:
+        return row["answer"]
+    return row["messages"][-1]["content"][-1]["text"]
+
+
+def mislabel(
+    ds: datasets.Dataset,
+    family: str,
+    fraction: float = 1.0,
+    seed: int = 0,
+    source: str | None = None,
+) -> tuple[datasets.Dataset, list[int]]:
+    """A copy of ``ds`` (rows of ``family``) in which a seeded ``fraction`` of the rows (``round(fraction · n)``)
+    get a wrong answer: another answer of ``family``'s space, drawn uniformly. Images, questions, ids and the schema
+    are unchanged; ``source`` renames the ``source`` column. Returns ``(dataset, sorted ids of the changed rows)``.
+    """
+    _check_family(family)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    n = len(ds)
+    rng = _rng("mislabel", family, int(seed), n)
+    changed = sorted(int(i) for i in rng.choice(n, size=round(fraction * n), replace=False))
+    space = _ANSWERS[family]
+    rows = ds.to_list()
+    for i in changed:
+        old = _answer_of(rows[i])
+        if old not in space:
+            raise ValueError(f"row {i} ({rows[i]['id']}): answer {old!r} is not in the answer space of {family!r}")
+        wrong = _pick(rng, [a for a in space if a != old])
+        if "answer" in rows[i]:
+            rows[i]["answer"] = wrong
+        else:
+            rows[i]["messages"][-1]["content"] = [{"type": "text", "text": wrong}]
+    if source is not None:
+        for r in rows:
+            r["source"] = source
+    return datasets.Dataset.from_list(rows, features=ds.features), changed
+
+
+def duplicate(ds: datasets.Dataset, copies: int, source: str | None = None) -> datasets.Dataset:
+    """Every row of ``ds`` repeated ``copies`` times in a row (row ``k`` of the result is row ``k // copies`` of
+    ``ds``): exact duplicates, byte-identical images and text; ids get a ``#c`` suffix (c = copy number) so that they
+    stay unique. ``source`` renames the ``source`` column."""
+    _check_count("copies", copies, 1)
+    rows = ds.to_list()
+    out = []
+    for r in rows:
+        for c in range(int(copies)):
+            out.append({**r, "id": f"{r['id']}#{c}", "source": source if source is not None else r["source"]})
+    return datasets.Dataset.from_list(out, features=ds.features)
+
+
+def transfer_structure(families: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """The world's known transfer structure: ``K[s, t] = |skills(s) ∩ skills(t)| / |skills(s) ∪ skills(t)|`` (Jaccard
+    overlap of :data:`SKILLS`; 1 on the diagonal, symmetric). Returns ``(families, K)`` with rows the training source
+    and columns the target, in the order given (default :data:`FAMILIES`)."""
+    families = list(FAMILIES if families is None else families)
+    for f in families:
+        _check_family(f)
+    k = np.array([[len(SKILLS[s] & SKILLS[t]) / len(SKILLS[s] | SKILLS[t]) for t in families] for s in families])
+    return families, k
 
 
 def make_world(

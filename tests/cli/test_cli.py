@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -66,25 +67,30 @@ def test_yaml_config_with_override(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_and_writes_a_valid_manifest(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "mixwise.cli", "demo", "--out", str(tmp_path), "--n_train", "8", "--budget", "16"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def test_demo_trains_a_selected_and_a_baseline_mixture_and_compares_them(tmp_path):
+    # a small base (built into the test's own cache) keeps it fast; the figures themselves are the README's
+    base = json.dumps({"pretrain_rows": 6, "pretrain_epochs": 2})
+    args = ["demo", "--out", str(tmp_path / "demo"), "--n_train", "8", "--budget", "16", "--test_rows", "8"]
+    args += ["--target_rows", "8", "--cache_dir", str(tmp_path / "cache"), "--base", base]
+    proc = subprocess.run([sys.executable, "-m", "mixwise.cli", *args], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    plan = Plan.load(tmp_path / "selection.json")
-    assert plan.budget == 16 and sum(plan.counts.values()) == 16
-    assert set(plan.sources) >= {"count", "colour", "spatial", "ocr", "chart", "digits"}
-    assert (tmp_path / "report.md").exists() and any((tmp_path / "model").iterdir())
-    report = (tmp_path / "report.md").read_text()
-    consumed = [
-        int(line.split("|")[4])
-        for line in report.splitlines()
-        if line.startswith("| ") and "---" not in line and "source |" not in line
-    ]
-    assert sum(consumed) == 16
+    out = tmp_path / "demo"
+    plan = Plan.load(out / "selection.json")
+    assert plan.method == "dataprophet" and plan.budget == 16 and sum(plan.counts.values()) == 16
+    assert set(plan.sources) == {"count", "colour", "spatial", "ocr", "chart", "digits", "shape", "unrelated"}
+    assert any((out / "model").iterdir()) and len(list((tmp_path / "cache").glob("toy-base-*"))) == 1
+    report = (out / "report.md").read_text()
+    rows = [line.split("|") for line in report.splitlines() if line.startswith("| ") and line.count("|") == 8]
+    rows = [r for r in rows if r[1].strip() in plan.sources]
+    assert {r[1].strip(): int(r[3]) for r in rows} == plan.counts  # planned, as the plan says
+    assert sum(int(r[4]) for r in rows) == 16 * 4 and sum(int(r[7]) for r in rows) == 16 * 4  # 4 epochs consumed
+    for label in ("base (no fine-tuning)", "uniform", "dataprophet"):
+        assert re.search(rf"^  {re.escape(label)} +[01]\.\d{{3}}", proc.stdout, re.M), proc.stdout
+
+
+def test_demo_refuses_an_unknown_target(capsys):
+    assert main(["demo", "--target", "weather"]) == 2
+    assert "unknown target family 'weather'" in capsys.readouterr().err
 
 
 def test_report_command_takes_the_run_dir_positionally(tmp_path, capsys):

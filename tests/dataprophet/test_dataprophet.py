@@ -63,7 +63,7 @@ def hand_result(**kw) -> DataProphetResult:
         silhouette={"a": 0.1, "b": 0.3},
         entropy={"a": 0.8, "b": 0.5},
         terms=Terms(),
-        config=DataProphetConfig(),
+        config=DataProphetConfig.paper(),
     )
     base.update(kw)
     return DataProphetResult(**base)
@@ -242,7 +242,7 @@ def test_several_targets_mean_of_normalized_weights_or_user_weights():
     assert combine_targets(w, {"t2": 1}) == pytest.approx({"a": 0.5, "b": 0.5})
     with pytest.raises(ValueError, match="unknown targets"):
         combine_targets(w, {"t3": 1})
-    r = hand_result(config=DataProphetConfig(combine="weighted", target_weights={"a": 1.0}))
+    r = hand_result(config=DataProphetConfig.paper(combine="weighted", target_weights={"a": 1.0}))
     assert r.weights() == pytest.approx(dict(zip(["a", "b"], r.target_weights().col("a"))))
     with pytest.raises(ValueError, match="needs target_weights"):
         DataProphetConfig(combine="weighted")
@@ -438,3 +438,205 @@ def test_empty_source_and_truncated_answer(tiny_llava):
 def _long_question(messages):
     messages[0]["content"][1]["text"] = "How many shapes are in the image? " * 10
     return messages
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# mixwise's fixes (allocation stage) and the paper preset
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_sign_safe_similarity_hand_computed():
+    from mixwise.dataprophet import sign_safe
+
+    sims = np.array([-0.5, 0.0, 0.25])
+    np.testing.assert_allclose(sign_safe(sims, "signed"), sims)
+    np.testing.assert_allclose(sign_safe(sims, "clip"), [0.0, 0.0, 0.25])
+    np.testing.assert_allclose(sign_safe(sims, "shift"), [0.25, 0.5, 0.625])
+    # the paper's product: two negative similarities agree (+0.3), one negative one disagrees; clipped, neither counts
+    q, a = np.array([-0.6, -0.6]), np.array([-0.5, 0.5])
+    assert list(q * a) == pytest.approx([0.3, -0.3])
+    assert list(sign_safe(q, "clip") * sign_safe(a, "clip")) == [0.0, 0.0]
+    with pytest.raises(ValueError, match="similarity_sign"):
+        sign_safe(sims, "abs")
+
+
+def test_centred_similarity_hand_computed():
+    from mixwise.dataprophet import centred_similarity
+
+    # two sources and a target sharing a dominant direction e0: uncentred every cosine is close to 1
+    ms = {"near": np.array([1.0, 0.1, 0.0]), "far": np.array([1.0, -0.1, 0.0])}
+    mt = {"t": np.array([1.0, 0.1, 0.02])}
+    c = np.mean([ms["near"], ms["far"], mt["t"]], axis=0)  # the pooled centre: (1, 1/30, 1/150)
+    m = centred_similarity(ms, mt)
+    for s in ms:
+        u, v = ms[s] - c, mt["t"] - c
+        assert m[s, "t"] == pytest.approx(float(u @ v / np.linalg.norm(u) / np.linalg.norm(v)))
+    assert m["near", "t"] > 0.9 and m["far", "t"] < -0.9  # the gap the dominant direction hid
+    given = centred_similarity(ms, mt, centre=np.zeros(3))  # no centre: plain cosines, both about 0.99
+    assert given["near", "t"] > 0.99 and given["far", "t"] > 0.97
+
+
+def test_ppl_guard_hand_computed():
+    from mixwise.dataprophet import guard_ppl_ratio
+
+    r = np.array([0.5, 1.0, 2.0, 8.0])
+    np.testing.assert_allclose(guard_ppl_ratio(r, "none"), r)
+    np.testing.assert_allclose(guard_ppl_ratio(r, "cap", 2.0), [0.5, 1.0, 2.0, 2.0])
+    np.testing.assert_allclose(guard_ppl_ratio(r, "band", 2.0), [0.5, 1.0, 2.0, 0.5])  # C^2 / r above C
+    np.testing.assert_allclose(guard_ppl_ratio(r, "band", 1.0), [0.5, 1.0, 0.5, 0.125])  # min(r, 1/r)
+    with pytest.raises(ValueError, match="ppl_guard"):
+        guard_ppl_ratio(r, "clip")
+
+
+def test_capped_allocation_gives_the_excess_to_the_other_sources():
+    from mixwise.dataprophet import capped_allocation
+
+    # "dups" would get 60 of 100 rows but has 10 distinct rows: capped, its excess split 1:1 by the others' weights
+    counts = capped_allocation({"dups": 0.6, "a": 0.2, "b": 0.2}, {"dups": 10, "a": 100, "b": 100}, 100)
+    assert counts == {"dups": 10, "a": 45, "b": 45}
+    # a zero weight stays at zero; when every cap is reached the budget forces repeats, by the weights
+    assert capped_allocation({"x": 1.0, "y": 0.0}, {"x": 3, "y": 50}, 5) == {"x": 5, "y": 0}
+    assert sum(capped_allocation({"a": 0.5, "b": 0.5}, {"a": 2, "b": 2}, 7).values()) == 7
+
+
+def fix_result(config):
+    """Two sources, one target; `dup` is a near copy of the target but mostly duplicates, `hard` is mislabelled."""
+    S, T = ["clean", "hard", "dup"], ["t"]
+    return DataProphetResult(
+        sources=S,
+        targets=T,
+        qsim=Matrix(S, T, [[0.99], [0.99], [0.99]]),
+        asim=Matrix(S, T, [[0.98], [0.98], [0.98]]),
+        isim=Matrix(S, T, [[0.99], [0.99], [0.99]]),
+        ppl_source={"clean": 2.0, "hard": 16.0, "dup": 2.0},
+        ppl_target={"t": 2.0},
+        silhouette={"clean": 0.2, "hard": 0.2, "dup": 1.0},
+        entropy={"clean": 0.9, "hard": 0.9, "dup": 1.0},
+        centred={
+            "qsim": Matrix(S, T, [[0.8], [0.8], [-0.5]]),
+            "asim": Matrix(S, T, [[0.6], [0.6], [-0.4]]),
+            "isim": Matrix(S, T, [[0.9], [0.9], [0.7]]),
+        },
+        silhouette_distinct={"clean": 0.2, "hard": 0.2, "dup": 0.0},
+        entropy_distinct={"clean": 0.9, "hard": 0.9, "dup": 1.0},
+        distinct={"clean": 1.0, "hard": 1.0, "dup": 0.1},
+        terms=Terms(),
+        config=config,
+    )
+
+
+def test_paper_preset_allocates_with_the_papers_metric_and_the_default_with_the_fixes():
+    paper = fix_result(DataProphetConfig.paper())
+    np.testing.assert_allclose(paper.allocation_metric().values, paper.metric().values)
+    # paper: the mislabelled source wins by its perplexity (x 8), the duplicates by their silhouette (2.0 vs 1.1)
+    pm = paper.metric()
+    assert pm["hard", "t"] == pytest.approx(0.99 * 0.98 * 0.99 * 8 * 1.1)
+    assert pm["dup", "t"] == pytest.approx(0.99 * 0.98 * 0.99 * 1 * 2.0)
+    default = fix_result(DataProphetConfig())
+    np.testing.assert_allclose(default.metric().values, pm.values)  # metric() is always the paper's M
+    m = default.allocation_metric()
+    assert m["clean", "t"] == pytest.approx(0.8 * 0.6 * 0.9 * 1.0 * 1.1)  # centred, clipped, r = 1, Sil+H
+    assert m["hard", "t"] == pytest.approx(0.8 * 0.6 * 0.9 * (1 / 8) * 1.1)  # band, C = 1: 1/r
+    assert m["dup", "t"] == 0.0  # a negative centred similarity, clipped
+    w = default.weights()
+    assert w["clean"] > 0.8 and w["hard"] < 0.5 * w["clean"] and w["dup"] == 0.0
+    # duplicate-aware diversity on its own: (Sil + H) of the distinct samples x the distinct share
+    only_dedup = fix_result(DataProphetConfig.paper(diversity_dedup=True))
+    assert only_dedup.factors(fixed=True)["diversity"]["dup", "t"] == pytest.approx((0.0 + 1.0) * 0.1)
+    assert only_dedup.factors(fixed=True)["diversity"]["clean", "t"] == pytest.approx(1.1)
+
+
+def test_preset_resolution_and_explicit_options():
+    d, p = DataProphetConfig(), DataProphetConfig.paper()
+    assert (d.centre, d.similarity_sign, d.ppl_guard, d.diversity_dedup, d.dedup_rows) == (
+        "pooled", "clip", "band", True, True)  # fmt: skip
+    assert (p.centre, p.similarity_sign, p.ppl_guard, p.diversity_dedup, p.dedup_rows) == (
+        "none", "signed", "none", False, False)  # fmt: skip
+    assert p.is_paper and not d.is_paper
+    assert DataProphetConfig(preset="paper", ppl_guard="cap").ppl_guard == "cap"  # an explicit option wins
+    assert DataProphet(preset="paper").settings.is_paper  # switching preset re-resolves the options
+    assert DataProphet(DataProphetConfig.paper(), preset="default").settings.centre == "pooled"
+    assert d.to_dict()["allocation"]["preset"] == "default"
+    with pytest.raises(ValueError, match="similarity_sign"):
+        DataProphetConfig(similarity_sign="abs")
+    with pytest.raises(ValueError, match="preset"):
+        DataProphetConfig(preset="robust")
+
+
+def test_uniform_fallback_for_a_target_no_source_matches():
+    r = fix_result(DataProphetConfig())
+    r.centred["qsim"] = Matrix(r.sources, r.targets, [[-0.1], [-0.2], [-0.3]])
+    assert r.uniform_targets() == ["t"]
+    assert r.weights() == pytest.approx({"clean": 1 / 3, "hard": 1 / 3, "dup": 1 / 3})
+
+
+def test_distinct_rows_plan_never_repeats_a_duplicated_row():
+    # the paper's metric with distinct-row plans only: `dup` wants ~10 of the 60 rows but has 4 distinct ones
+    r = fix_result(DataProphetConfig(preset="paper", dedup_rows=True))
+    sizes = {"clean": 50, "hard": 50, "dup": 40}
+    groups = {"clean": np.arange(50), "hard": np.arange(50), "dup": np.repeat(np.arange(4), 10)}  # 4 rows x 10
+    plan = r.to_plan(sizes, 60, row_groups=groups, seed=3)
+    assert plan.counts["dup"] == 4 and sum(plan.counts.values()) == 60
+    picked = [int(groups["dup"][i]) for i in plan.sources["dup"].rows]
+    assert sorted(picked) == [0, 1, 2, 3]  # one copy of each duplicated row
+    assert plan.extra["dedup_rows"]["distinct_rows"]["dup"] == 4
+    # without distinct rows the same weights draw copies
+    paper = fix_result(DataProphetConfig.paper()).to_plan(sizes, 60, row_groups=groups, seed=3)
+    assert paper.sources["dup"].rows is None and paper.counts["dup"] > 4
+
+
+def test_instance_score_fixes_hand_computed():
+    q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    targets = {"t": {"q": np.array([1.0, 0.0]), "ppl": 2.0}}
+    terms = Terms(qsim=True, asim=False, isim=False, ppl=True, diversity=False)
+    nll = np.log(np.array([2.0, 8.0]))  # PPL({u}) = 2 and 8: r = 1 and 4
+    paper = instance_scores(q, None, None, nll, targets, terms)
+    np.testing.assert_allclose(paper.values[:, 0], [1.0 * 1.0, 0.0 * 4.0])
+    centre = {"q": np.array([0.5, 0.5])}
+    fixed = instance_scores(q, None, None, nll, targets, terms, centres=centre, similarity_sign="clip",
+                            ppl_guard="band", ppl_cap=1.0)  # fmt: skip
+    # centred: cos((0.5,-0.5), (0.5,-0.5)) = 1 and cos((-0.5,0.5), (0.5,-0.5)) = -1 -> clipped to 0; r = 4 -> 1/4
+    np.testing.assert_allclose(fixed.values[:, 0], [1.0, 0.0], atol=1e-12)
+    shifted = instance_scores(q, None, None, nll, targets, terms, centres=centre, similarity_sign="shift",
+                              ppl_guard="band", ppl_cap=1.0)  # fmt: skip
+    np.testing.assert_allclose(shifted.values[:, 0], [1.0, 0.0 * 0.25], atol=1e-12)
+
+
+def test_distinct_instance_selection_takes_one_copy_first():
+    from mixwise.dataprophet import InstanceScores
+
+    scores = InstanceScores(
+        sources=["a"] * 5,
+        rows=[0, 1, 2, 3, 4],
+        scores=Matrix([str(k) for k in range(5)], ["t"], [[5.0], [5.0], [4.0], [3.0], [2.0]]),
+        combined=np.array([5.0, 5.0, 4.0, 3.0, 2.0]),
+        groups=np.array([0, 0, 0, 1, 2]),  # rows 0-2 are copies
+    )
+    assert scores.select(top_k=3) == {"a": [0, 1, 2]}
+    assert scores.select(top_k=3, distinct=True) == {"a": [0, 3, 4]}
+    assert scores.select(top_k=4, distinct=True) == {"a": [0, 1, 3, 4]}  # the budget forces a second copy
+
+
+def test_for_targets_restricts_every_term(scored):
+    _, r = scored
+    sub = r.for_targets(["ocr", "count"])
+    assert sub.targets == ["ocr", "count"]
+    for t in sub.targets:
+        np.testing.assert_allclose(sub.metric().col(t), r.metric().col(t))
+        np.testing.assert_allclose(sub.allocation_metric().col(t), r.allocation_metric().col(t))
+    with pytest.raises(ValueError, match="unknown targets"):
+        r.for_targets(["nope"])
+
+
+def test_scored_centred_similarity_and_distinct_share(scored):
+    from mixwise.dataprophet import centred_similarity
+
+    dp, r = scored
+    entries = {(m["role"], m["dataset"], m["kind"]): a for m, a in _entries(dp)}
+    from mixwise.signals.embeddings import mean_unit_vector
+
+    ms = {s: mean_unit_vector(entries[("source", s, "text")]["q"]) for s in FAMILIES}
+    mt = {t: mean_unit_vector(entries[("target", t, "text")]["q"]) for t in FAMILIES}
+    expected = centred_similarity(ms, mt)
+    np.testing.assert_allclose(r.centred["qsim"].values, expected.values, atol=1e-6)
+    assert r.distinct == {f: 1.0 for f in FAMILIES}  # toy rows are all distinct

@@ -103,3 +103,44 @@ def test_overlap_and_histogram():
     np.testing.assert_allclose(ov, [[1, 0.5, 0], [0.5, 1, 0.5], [0, 0.5, 1]])
     hist = vote_histogram(np.array([1, 2, 2, 0, 1, 0]), 3, np.array([2, 1, 0]))
     assert hist == {"all": [2, 2, 2, 0], "selected": [0, 1, 2, 0]}
+
+
+# Two disjoint tasks: rows 0-3 matter to task 0, rows 4-5 to task 1 only a little, row 6 to both.
+DISJOINT = np.array(
+    [
+        [0.9, 0.0],
+        [0.8, 0.0],
+        [0.7, 0.0],
+        [0.6, 0.0],
+        [0.0, 0.3],
+        [0.0, 0.2],
+        [0.5, 0.5],
+    ]
+)
+
+
+def test_coverage_floor_keeps_an_isolated_task_covered():
+    # plain vote, p_vote = 3/7: task 0 votes {0, 1, 2}, task 1 votes {6, 4, 5}; the tie on one vote falls to the
+    # doubled rank sum, which favours task 0's rows, so task 1 gets only its shared row 6
+    plain = aggregate(DISJOINT, 3, "vote")
+    assert plain.order.tolist() == [6, 0, 1]
+    # floor 2/3: int(2/3 * 3 // 2) = 1 row per task first by round robin (task 0: row 0, task 1: row 6), then the vote
+    floored = aggregate(DISJOINT, 3, "vote", coverage_floor=2 / 3)
+    assert floored.order.tolist()[:2] == [0, 6] and floored.info["coverage"] == {"floor": 2 / 3, "per_task": 1}
+    # floor 1 with 4 rows: 2 per task, the round robin: task 0 row 0, task 1 row 6, task 0 row 1, task 1 row 4
+    assert aggregate(DISJOINT, 4, "vote", coverage_floor=1.0).order.tolist() == [0, 6, 1, 4]
+    with pytest.raises(ValueError, match="coverage_floor"):
+        aggregate(DISJOINT, 3, "vote", coverage_floor=1.5)
+
+
+def test_duplicates_count_once_until_the_budget_forces_repeats():
+    scores = np.array([[0.9], [0.9], [0.9], [0.5], [0.4]])  # rows 0-2: one row three times
+    groups = np.array([7, 7, 7, 1, 2])
+    plain = aggregate(scores, 3, "max")
+    assert plain.order.tolist() == [0, 1, 2]  # the paper's aggregation takes every copy
+    dedup = aggregate(scores, 3, "max", groups=groups)
+    assert dedup.order.tolist() == [0, 3, 4] and dedup.info["dedup"] == {"distinct_rows": 3, "rows": 5}
+    # a budget of 4 > 3 distinct rows: the distinct rows first, then a copy
+    assert aggregate(scores, 4, "max", groups=groups).order.tolist() == [0, 3, 4, 1]
+    with pytest.raises(ValueError, match="one id per row"):
+        aggregate(scores, 3, "max", groups=np.array([0, 1]))

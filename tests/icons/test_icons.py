@@ -14,6 +14,7 @@ from PIL import Image
 from mixwise import Mixture, Plan, attach, select_mixture
 from mixwise.icons import ICONS, ICONSConfig
 from mixwise.icons.aggregation import aggregate
+from mixwise.icons.selector import answer_labels
 from mixwise.registry import SELECTORS
 from mixwise.signals.datastore import Datastore
 from mixwise.signals.warmup import WarmupConfig, WarmupResult, run_warmup
@@ -67,7 +68,7 @@ def icons(tiny_llava_path, warm, work, **kw):
 
 
 def test_select_mixture_end_to_end(tiny_llava_path, warm, tmp_path):
-    selector = icons(tiny_llava_path, warm, tmp_path / "work")
+    selector = icons(tiny_llava_path, warm, tmp_path / "work", preset="paper")
     subset, plan = select_mixture(pool_sources(), selector, budget=6, targets=target_sets(), model_id="tiny")
     assert len(subset) == 6 and set(subset["source"]) <= set(POOL)
     assert plan.method == "icons" and plan.budget == 6
@@ -79,6 +80,35 @@ def test_select_mixture_end_to_end(tiny_llava_path, warm, tmp_path):
     # the plan is the vote over the score matrix (p_vote = p_select = 6/22), rows mapped back to their sources
     expected = aggregate(scores, 6, "vote", p_vote=6 / 22)
     assert result.selection.order.tolist() == expected.order.tolist()
+    assert result.summary()["dedup"] is None and result.summary()["coverage"] is None
+    # the default preset: the same features (stores reused), duplicates counted once, coverage floor
+    default = icons(tiny_llava_path, warm, tmp_path / "work", answer_subtasks=False)
+    select_mixture(pool_sources(), default, budget=6, targets=target_sets(), model_id="tiny")
+    # duplicates: rows whose stored pool features have cosine >= 0.999 (the tiny random model gives two distinct
+    # `ocr` rows with the same question and answer such features)
+    pool_dir = next((tmp_path / "work" / "features" / checkpoint_names(warm)[-1]).glob("pool-*"))
+    feats = Datastore.open(pool_dir).load()[0].astype(np.float64)
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    groups = default.result.groups
+    same = groups[:, None] == groups[None, :]
+    assert ((unit @ unit.T >= 0.999 - 1e-6) | ~same).all()  # merged rows are near-identical
+    assert (same | (unit @ unit.T < 0.999 + 1e-6)).all()  # near-identical rows are merged
+    n_distinct = len(set(groups.tolist()))
+    assert n_distinct < 22
+    fixed = aggregate(scores, 6, "vote", p_vote=6 / n_distinct, groups=groups, coverage_floor=0.5)
+    assert default.result.selection.order.tolist() == fixed.order.tolist()
+    assert len(set(groups[default.result.selection.order].tolist())) == 6  # no duplicate selected twice
+    assert default.result.summary()["dedup"] == {"distinct_rows": n_distinct, "rows": 22}
+    assert default.result.summary()["coverage"] == {"floor": 0.5, "per_task": 1}
+    # answer subtasks (on in the default preset): a target of a closed answer space gets one mean gradient per
+    # answer, max-merged; the target with its own subtask column keeps it
+    answers = icons(tiny_llava_path, warm, tmp_path / "work")
+    select_mixture(pool_sources(), answers, budget=6, targets=target_sets(), model_id="tiny")
+    influence = answers.result.influence
+    ocr_answers = sorted({a.strip().lower() for a in answer_labels(target_sets()["ocr"], "ocr")})
+    assert influence.subtasks == {"count": ["big", "small"], "ocr": ocr_answers} and len(ocr_answers) > 1
+    np.testing.assert_allclose(influence.scores[:, 0], scores[:, 0], rtol=1e-6)  # count: unchanged
+    assert not np.allclose(influence.scores[:, 1], scores[:, 1])  # ocr: the max over its answers' means
     flat = sorted(plan.sources[n].rows[k] + sum(list(POOL.values())[:i]) for i, n in enumerate(POOL)
                   for k in range(plan.sources[n].count))  # fmt: skip
     assert flat == sorted(expected.order.tolist())
@@ -107,13 +137,15 @@ def test_select_mixture_end_to_end(tiny_llava_path, warm, tmp_path):
     stamp = os.path.getmtime(marker)
     _, again = select_mixture(pool_sources(), selector, budget=6, targets=target_sets(), model_id="tiny")
     assert again.sources == plan.sources and os.path.getmtime(marker) == stamp
-    # other aggregators and the specialist, through the same (cached) features
+    # other aggregators and the specialist, through the same (cached) features (the paper's: no dedup)
     for method in ("merge", "max", "gausnorm", "round_robin", "min_rank"):
-        sel = icons(tiny_llava_path, warm, tmp_path / "work", aggregator=method)
+        sel = icons(tiny_llava_path, warm, tmp_path / "work", aggregator=method, preset="paper")
         _, p = select_mixture(pool_sources(), sel, budget=6, targets=target_sets(), model_id="tiny")
         assert sel.result.selection.order.tolist() == aggregate(scores, 6, method).order.tolist(), method
         assert p.extra["aggregator"] == method
-    spec = icons(tiny_llava_path, warm, tmp_path / "work", aggregator="specialist", specialist_task="ocr")
+    spec = icons(
+        tiny_llava_path, warm, tmp_path / "work", aggregator="specialist", specialist_task="ocr", preset="paper"
+    )
     select_mixture(pool_sources(), spec, budget=6, targets=target_sets(), model_id="tiny")
     assert spec.result.selection.order.tolist() == np.lexsort((np.arange(22), -scores[:, 1]))[:6].tolist()
     assert SELECTORS["icons"](model_path="x").name == "icons"  # the registry entry

@@ -66,3 +66,25 @@ def test_sample_vectors_normalized_average_of_unit_fields():
     np.testing.assert_allclose(np.linalg.norm(wide, axis=1), 1.0)
     with pytest.raises(ValueError, match="different numbers of rows"):
         sample_vectors([q, np.ones((3, 2))])
+
+
+def test_duplicates_no_longer_score_best_with_duplicate_aware_diversity():
+    rng = np.random.default_rng(0)
+    copies = np.repeat(rng.normal(size=(4, 6)), 5, axis=0)  # 4 distinct rows, 5 copies each
+    varied = rng.normal(size=(20, 6))
+    # the paper's term: k-means (K = 4) on the copies finds the 4 points, a perfect silhouette of 1
+    paper = diversity(copies, n_clusters=4, seed=0)
+    assert paper.silhouette == pytest.approx(1.0) and paper.value > diversity(varied, 4, seed=0).value
+    # duplicate-aware: the 4 distinct rows only (K' = min(4, 4 - 1) = 3 clusters), scaled by the distinct share 4/20
+    dedup = diversity(copies, n_clusters=4, seed=0, dedup=True)
+    on_distinct = diversity(copies[::5], n_clusters=3, seed=0)
+    assert dedup.distinct == pytest.approx(0.2)
+    entropy_k4 = cluster_entropy(on_distinct.labels, 4)[0]  # the entropy stays normalized by log K, K = 4
+    assert dedup.value == pytest.approx((on_distinct.silhouette + entropy_k4) * 0.2)
+    assert dedup.value < diversity(varied, 4, seed=0, dedup=True).value
+    # the same with the groups given (exact duplicates by content), and with no duplicate at all
+    given = diversity(copies, n_clusters=4, seed=0, dedup=True, groups=np.repeat(np.arange(4), 5))
+    assert given.value == pytest.approx(dedup.value)
+    assert diversity(varied, 4, seed=0, dedup=True).value == pytest.approx(diversity(varied, 4, seed=0).value)
+    with pytest.raises(ValueError, match="duplicate groups"):
+        diversity(copies, n_clusters=3, dedup=True, groups=np.arange(3))

@@ -33,6 +33,9 @@ COMMANDS = {
             "demo", "demo", "Plan a toy-world mixture and train the tiny LLaVA on it with TRL (about 2 min on CPU)."
         ),
         Command("toy", "toy", "Write the toy world's sources to disk, one folder per source."),
+        Command(
+            "toy-base", "toy_base", "Build (once; then from the cache) the pre-trained toy base and print its path."
+        ),
         Command("allocate", "allocate", "Turn per-source weights into an exact plan under a budget."),
         Command(
             "score",

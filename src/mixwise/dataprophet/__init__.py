@@ -54,8 +54,18 @@ The package, in the order the data flows:
 * [`tau`](tau.py): Kendall tau of a predicted metric against measured transfer (`mixwise eval-tau`).
 """
 
-from .allocation import combine_targets, instance_scores, per_target_weights, select_instances, sharpen_scores
-from .config import ABLATIONS, PAPER_ABLATION_TAU, TERM_NAMES, DataProphetConfig, Terms
+from .allocation import (
+    capped_allocation,
+    centred_similarity,
+    combine_targets,
+    guard_ppl_ratio,
+    instance_scores,
+    per_target_weights,
+    select_instances,
+    sharpen_scores,
+    sign_safe,
+)
+from .config import ABLATIONS, PAPER_ABLATION_TAU, PRESET_VALUES, PRESETS, TERM_NAMES, DataProphetConfig, Terms
 from .result import DataProphetResult, InstanceScores
 from .selector import DataProphet, DataProphetInstances
 from .signals import DatasetSignals, SignalComputer
@@ -64,6 +74,8 @@ from .tau import Matrix, TauReport, evaluate_tau, kendall_tau
 __all__ = [
     "ABLATIONS",
     "PAPER_ABLATION_TAU",
+    "PRESETS",
+    "PRESET_VALUES",
     "TERM_NAMES",
     "DataProphet",
     "DataProphetConfig",
@@ -75,11 +87,15 @@ __all__ = [
     "SignalComputer",
     "TauReport",
     "Terms",
+    "capped_allocation",
+    "centred_similarity",
     "combine_targets",
+    "guard_ppl_ratio",
     "evaluate_tau",
     "instance_scores",
     "kendall_tau",
     "per_target_weights",
     "select_instances",
     "sharpen_scores",
+    "sign_safe",
 ]

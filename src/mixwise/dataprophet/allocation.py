@@ -10,6 +10,20 @@ a softmax over sources). Negative scores are clipped to 0 for the identity and p
     m(u→t) = QSim(u,t) · ASim(u,t) · ISim(u,t) · PPL({u}) / PPL(t)
 
 with `Sim_X(u,t) = unit(x_u) · mean_unit_X(t)` and `PPL({u}) = exp(nll(u))`, no diversity term.
+
+**mixwise's fixes** (allocation-stage options of [`DataProphetConfig`]; `preset="paper"` switches them all off):
+
+* *centred similarity* (`centre="pooled"`): `Sim_X(s,t) = cos(μ_s − c, μ_t − c)` with `μ` a dataset's mean unit
+  vector and `c` the mean of the `μ` of every source and target ([`centred_similarity`]); per sample,
+  `cos(unit(x_u) − c, μ_t − c)`. Uncentred, every pair of toy families scored 0.999-1.000 (the features share one
+  dominant direction): ISim carried no information.
+* *sign-safe similarity* (`similarity_sign`): `clip` = `max(Sim, 0)`, `shift` = `(1 + Sim) / 2` ([`sign_safe`]);
+  the paper's signed product lets two negative similarities count as agreement.
+* *PPL guard* (`ppl_guard`) on `r = PPL(s)/PPL(t)` ([`guard_ppl_ratio`]): `cap` = `min(r, C)`, `band` = `r` for
+  `r ≤ C`, `C² / r` above. A source the base model finds much harder than the target — off-distribution or
+  mislabelled — is not rewarded for it (unguarded, unrelated photos got 32-65% of a toy budget).
+* *distinct rows* (`dedup_rows`): a source gets at most as many rows as it has distinct rows, the excess goes to the
+  other sources by their weights ([`capped_allocation`]); instance selection takes one copy of a duplicated row.
 """
 
 from __future__ import annotations
@@ -19,11 +33,91 @@ from typing import Any
 
 import numpy as np
 
+from ..plan import allocate
 from ..signals.embeddings import l2_normalize
 from .config import Terms
 from .tau import Matrix
 
-__all__ = ["combine_targets", "instance_scores", "per_target_weights", "select_instances", "sharpen_scores"]
+__all__ = [
+    "capped_allocation",
+    "centred_similarity",
+    "combine_targets",
+    "guard_ppl_ratio",
+    "instance_scores",
+    "per_target_weights",
+    "select_instances",
+    "sharpen_scores",
+    "sign_safe",
+]
+
+
+def sign_safe(sim: np.ndarray, rule: str = "signed") -> np.ndarray:
+    """A similarity made safe to multiply: `signed` (unchanged, the paper), `clip` (`max(sim, 0)`) or `shift`
+    (`(1 + sim) / 2`, in [0, 1] for a cosine)."""
+    sim = np.asarray(sim, dtype=np.float64)
+    if rule == "signed":
+        return sim
+    if rule == "clip":
+        return np.clip(sim, 0.0, None)
+    if rule == "shift":
+        return (1.0 + sim) / 2.0
+    raise ValueError(f"unknown similarity_sign {rule!r}; expected signed, clip or shift")
+
+
+def guard_ppl_ratio(ratio: np.ndarray, guard: str = "none", cap: float = 2.0) -> np.ndarray:
+    """The perplexity factor `r = PPL(s)/PPL(t)` under a guard: `none` (r, the paper), `cap` (`min(r, C)`) or `band`
+    (`r` for `r ≤ C`, `C² / r` above: continuous at C, falling for data the model finds far harder than the
+    target)."""
+    r = np.asarray(ratio, dtype=np.float64)
+    if guard == "none":
+        return r
+    if guard == "cap":
+        return np.minimum(r, cap)
+    if guard == "band":
+        return np.where(r <= cap, r, cap * cap / np.maximum(r, 1e-300))
+    raise ValueError(f"unknown ppl_guard {guard!r}; expected none, cap or band")
+
+
+def centred_similarity(
+    source_means: Mapping[str, np.ndarray], target_means: Mapping[str, np.ndarray], centre: np.ndarray | None = None
+) -> Matrix:
+    """`cos(μ_s − c, μ_t − c)` for every source × target, `c` the mean of every given `μ` (sources and targets, each
+    dataset counted once) unless given. A dataset whose centred mean is zero gets similarity 0."""
+    if centre is None:
+        centre = np.mean([*source_means.values(), *target_means.values()], axis=0)
+    cs = {s: l2_normalize(np.asarray(m, np.float64) - centre) for s, m in source_means.items()}
+    ct = {t: l2_normalize(np.asarray(m, np.float64) - centre) for t, m in target_means.items()}
+    values = np.array([[float(cs[s] @ ct[t]) for t in ct] for s in cs])
+    return Matrix(list(cs), list(ct), values)
+
+
+def capped_allocation(weights: Mapping[str, float], caps: Mapping[str, int], budget: int) -> dict[str, int]:
+    """Integer counts summing to `budget`, in proportion to `weights` but never above a source's cap (its number of
+    distinct rows): capped sources are fixed at their cap and the rest of the budget is re-split over the others by
+    their weights (largest remainder), until no count exceeds its cap. When the caps of the positive-weight sources
+    sum to less than the budget, those sources get their caps and the remainder is split by the weights again
+    (then a source repeats rows: the budget forces it)."""
+    names = list(weights)
+    counts = {n: 0 for n in names}
+    free = {n: float(w) for n, w in weights.items() if w > 0}
+    left = int(budget)
+    while left > 0 and free:
+        split = allocate(free, left)
+        over = [n for n in free if counts[n] + split[n] > caps[n]]
+        if not over:
+            for n in free:
+                counts[n] += split[n]
+            left = 0
+            break
+        for n in over:
+            left -= caps[n] - counts[n]
+            counts[n] = caps[n]
+            del free[n]
+    if left > 0:  # every positive-weight source is at its cap: repeats are forced
+        positive = {n: float(w) for n, w in weights.items() if w > 0}
+        for n, c in allocate(positive, left).items():
+            counts[n] += c
+    return counts
 
 
 def sharpen_scores(
@@ -80,6 +174,10 @@ def instance_scores(
     nll: np.ndarray | None,
     targets: Mapping[str, Mapping[str, Any]],
     terms: Terms | None = None,
+    centres: Mapping[str, np.ndarray] | None = None,
+    similarity_sign: str = "signed",
+    ppl_guard: str = "none",
+    ppl_cap: float = 2.0,
 ) -> Matrix:
     """Alg. 2: `m(u→t) = QSim(u,t)·ASim(u,t)·ISim(u,t)·PPL({u})/PPL(t)` for every sample u and target t.
 
@@ -88,6 +186,8 @@ def instance_scores(
         nll: per-sample mean answer-token NLL of the pool (`PPL({u}) = exp(nll_u)`); `None` when PPL is off.
         targets: `{name: {"q": mean unit vector, "a": ..., "i": ..., "ppl": PPL(t)}}`.
         terms: switches (diversity is never part of the instance score).
+        centres: `{"q"/"a"/"i": c}`: centred similarity `cos(unit(x_u) − c, μ_t − c)` (None: the paper's dot).
+        similarity_sign, ppl_guard, ppl_cap: see [`sign_safe`], [`guard_ppl_ratio`] (defaults: the paper).
 
     Returns:
         a Matrix with one row per sample (`"0"`, `"1"`, ...) and one column per target.
@@ -101,11 +201,15 @@ def instance_scores(
             if on:
                 if x is None or stats.get(key) is None:
                     raise ValueError(f"target '{t}': term {key}sim is on but its embeddings are missing")
-                score = score * (l2_normalize(x) @ np.asarray(stats[key], dtype=np.float64))
+                u, mu = l2_normalize(x), np.asarray(stats[key], dtype=np.float64)
+                if centres is not None and centres.get(key) is not None:
+                    u, mu = l2_normalize(u - centres[key]), l2_normalize(mu - centres[key])
+                score = score * sign_safe(u @ mu, similarity_sign)
         if terms.ppl:
             if nll is None:
                 raise ValueError("the ppl term is on but per-sample NLLs are missing")
-            score = score * np.exp(np.asarray(nll, dtype=np.float64)) / float(stats["ppl"])
+            ratio = np.exp(np.asarray(nll, dtype=np.float64)) / float(stats["ppl"])
+            score = score * guard_ppl_ratio(ratio, ppl_guard, ppl_cap)
         cols.append(score)
     return Matrix([str(k) for k in range(n)], list(targets), np.stack(cols, axis=1))
 

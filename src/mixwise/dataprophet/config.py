@@ -16,7 +16,16 @@ from typing import Any
 from ..signals.embeddings import EmbeddingConfig, bundled_text_encoder_path
 from ..signals.perplexity import PerplexityConfig
 
-__all__ = ["ABLATIONS", "PAPER_ABLATION_TAU", "TERM_NAMES", "DataProphetConfig", "Terms"]
+__all__ = [
+    "ABLATIONS",
+    "ALLOCATION_OPTIONS",
+    "PAPER_ABLATION_TAU",
+    "PRESETS",
+    "PRESET_VALUES",
+    "TERM_NAMES",
+    "DataProphetConfig",
+    "Terms",
+]
 
 TERM_NAMES = ("qsim", "asim", "isim", "ppl", "diversity")
 
@@ -68,6 +77,30 @@ PAPER_ABLATION_TAU: dict[str, float] = {
 
 SHARPEN_RULES = ("none", "power", "temperature")
 COMBINE_RULES = ("mean", "weighted")
+PRESETS = ("default", "paper")
+CENTRES = ("none", "pooled")
+SIGN_RULES = ("signed", "clip", "shift")
+PPL_GUARDS = ("none", "cap", "band")
+
+PRESET_VALUES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "centre": "none",
+        "similarity_sign": "signed",
+        "ppl_guard": "none",
+        "diversity_dedup": False,
+        "dedup_rows": False,
+    },
+    "default": {
+        "centre": "pooled",
+        "similarity_sign": "clip",
+        "ppl_guard": "band",
+        "diversity_dedup": True,
+        "dedup_rows": True,
+    },
+}
+"""The allocation-stage options of each preset. `paper`: the paper's exact formulas. `default`: the fixes, with the
+values `benchmarks/selection_quality.py` chose (see its RESULTS file for the ablation)."""
+ALLOCATION_OPTIONS = tuple(PRESET_VALUES["paper"])
 
 
 def parse_target_weights(value: Any) -> dict[str, float] | None:
@@ -135,6 +168,55 @@ class DataProphetConfig:
             "The API also takes a {target: weight} dict."
         },
     )
+    preset: str = field(
+        default="default",
+        metadata={
+            "help": "default (mixwise's fixes below, chosen by benchmarks/selection_quality.py) or paper (the paper's "
+            "exact formulas). Sets every allocation option left unset (None)."
+        },
+    )
+    centre: str | None = field(
+        default=None,
+        metadata={
+            "help": "Field similarity: none (paper: dot of the mean unit vectors) or pooled (cosine of the mean unit "
+            "vectors after subtracting their mean over every source and target)."
+        },
+    )
+    similarity_sign: str | None = field(
+        default=None,
+        metadata={
+            "help": "Negative similarities: signed (paper: multiplied as they are, so two negatives agree), clip "
+            "(max(sim, 0)) or shift ((1 + sim) / 2)."
+        },
+    )
+    ppl_guard: str | None = field(
+        default=None,
+        metadata={
+            "help": "The perplexity ratio r = PPL(s)/PPL(t): none (paper: r), cap (min(r, ppl_cap)) or band (r up to "
+            "ppl_cap, ppl_cap^2 / r above: off-distribution or mislabelled data is not rewarded)."
+        },
+    )
+    ppl_cap: float = field(
+        default=1.0,
+        metadata={
+            "help": "C of ppl_guard=cap / band (band with C = 1: min(r, 1/r), a source as hard as the target wins)."
+        },
+    )
+    diversity_dedup: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Duplicate-aware diversity: exact duplicate rows (same images and text) count once, scaled by "
+            "the distinct share."
+        },
+    )
+    dedup_rows: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Plans draw distinct rows first: a source gets at most its number of distinct rows (the rest "
+            "goes to the other sources), instance selection takes one copy of a duplicated row (exact duplicates: "
+            "same images and text)."
+        },
+    )
     text_encoder: str = field(
         default="model",
         metadata={
@@ -186,8 +268,35 @@ class DataProphetConfig:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
         if self.n_clusters < 2:
             raise ValueError(f"n_clusters must be >= 2, got {self.n_clusters}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        for name, value in PRESET_VALUES[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name, allowed in (("centre", CENTRES), ("similarity_sign", SIGN_RULES), ("ppl_guard", PPL_GUARDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.ppl_cap <= 0:
+            raise ValueError(f"ppl_cap must be > 0, got {self.ppl_cap}")
+
         self.embedding  # validates the embedding settings  # noqa: B018
         self.perplexity  # noqa: B018
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> DataProphetConfig:
+        """The paper's exact formulas (`preset="paper"`), with `overrides`."""
+        return cls(**{"preset": "paper", **overrides})
+
+    @property
+    def is_paper(self) -> bool:
+        """True when every allocation option has the paper's value (the allocation uses the paper's M)."""
+        return all(getattr(self, k) == v for k, v in PRESET_VALUES["paper"].items())
+
+    def allocation_options(self) -> dict[str, Any]:
+        """The allocation-stage options as resolved (`centre`, `similarity_sign`, `ppl_guard`, `ppl_cap`,
+        `diversity_dedup`, `dedup_rows`)."""
+        keys = (*ALLOCATION_OPTIONS, "ppl_cap")
+        return {"preset": self.preset, **{k: getattr(self, k) for k in keys}}
 
     @property
     def terms(self) -> Terms:
@@ -227,6 +336,7 @@ class DataProphetConfig:
         d: dict[str, Any] = {"subsample": self.subsample, "seed": self.seed, "terms": self.terms.flags()}
         for key in ("n_clusters", "kmeans_n_init", "sharpen", "power", "temperature", "combine", "target_weights"):
             d[key] = flat[key]
+        d["allocation"] = self.allocation_options()
         d["embedding"] = asdict(self.embedding)
         d["perplexity"] = asdict(self.perplexity)
         for key in ("on_error", "cache_dir", "progress"):
@@ -243,4 +353,7 @@ def config_from(settings: DataProphetConfig | None, overrides: Mapping[str, Any]
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TypeError(f"unknown DataProphet options {unknown}; options are {sorted(known)}")
+    if "preset" in overrides and overrides["preset"] != settings.preset:
+        # a new preset re-resolves every allocation option not given explicitly
+        overrides = {**{k: None for k in ALLOCATION_OPTIONS if k not in overrides}, **overrides}
     return replace(settings, **overrides)

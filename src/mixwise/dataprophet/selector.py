@@ -11,9 +11,9 @@ import numpy as np
 
 from ..plan import Plan
 from ..selectors import SelectionContext, plan_kwargs
-from ..signals.diversity import diversity
+from ..signals.diversity import content_hashes, diversity
 from ..sources import Source, named_datasets
-from .allocation import instance_scores
+from .allocation import centred_similarity, instance_scores
 from .config import DataProphetConfig, config_from
 from .result import DataProphetResult, InstanceScores
 from .signals import DatasetSignals, SignalComputer
@@ -61,7 +61,18 @@ class DataProphet:
         result = self.score(
             sources, context.targets, context.model, context.processing_class, model_id=context.model_id
         )
-        return result.to_plan(context.sizes, context.budget, **plan_kwargs(self, context))
+        groups = self.row_groups(sources) if self.settings.dedup_rows else None
+        return result.to_plan(context.sizes, context.budget, row_groups=groups, **plan_kwargs(self, context))
+
+    @staticmethod
+    def row_groups(sources: Mapping[str, datasets.Dataset]) -> dict[str, np.ndarray]:
+        """`{source: duplicate-group id per row}`: rows with the same stored images and text (ids and the source
+        column aside) share a group ([`mixwise.signals.diversity.content_hashes`]; no model needed)."""
+        out = {}
+        for name, ds in sources.items():
+            ids: dict[str, int] = {}
+            out[name] = np.array([ids.setdefault(h, len(ids)) for h in content_hashes(ds)], dtype=np.int64)
+        return out
 
     @staticmethod
     def _check_context(context: SelectionContext) -> None:
@@ -106,22 +117,37 @@ class DataProphet:
         terms = cfg.terms
         S, T = list(src), list(tgt)
 
+        centred: dict[str, Matrix] = {}
+
         def sim(key: str) -> Matrix | None:
             if not getattr(terms, f"{key}sim"):
                 return None
             ms = {s: signals[("source", s)].mean(key) for s in S}
             mt = {t: signals[("target", t)].mean(key) for t in T}
+            centred[f"{key}sim"] = centred_similarity(ms, mt)
             return Matrix(S, T, np.array([[float(ms[s] @ mt[t]) for t in T] for s in S]))
 
         ppl_s = {s: signals[("source", s)].ppl for s in S} if terms.ppl else {}
         ppl_t = {t: signals[("target", t)].ppl for t in T} if terms.ppl else {}
-        sil, ent = {}, {}
+        sil, ent, sil_d, ent_d, distinct = {}, {}, {}, {}, {}
         if terms.diversity:
             for s in S:
-                d = diversity(
-                    signals[("source", s)].z(), cfg.n_clusters, seed=cfg.seed, n_init=cfg.kmeans_n_init, name=s
-                )
+                sig = signals[("source", s)]
+                z = sig.z()
+                d = diversity(z, cfg.n_clusters, seed=cfg.seed, n_init=cfg.kmeans_n_init, name=s)
                 sil[s], ent[s] = d.silhouette, d.entropy
+                rows = sig.rows["text"] if sig.i is None else np.intersect1d(sig.rows["text"], sig.rows["image"])
+                hashes = content_hashes(src[s].select(rows))  # exact duplicates among the rows of z
+                dd = diversity(
+                    z,
+                    cfg.n_clusters,
+                    seed=cfg.seed,
+                    n_init=cfg.kmeans_n_init,
+                    name=s,
+                    dedup=True,
+                    groups=np.unique(hashes, return_inverse=True)[1],
+                )
+                sil_d[s], ent_d[s], distinct[s] = dd.silhouette, dd.entropy, dd.distinct
         n_rows: dict[str, dict[str, int]] = {"source": {}, "target": {}}
         for (role, name), sig in signals.items():
             n_rows[role][name] = int(max(len(r) for r in sig.rows.values()))
@@ -136,6 +162,10 @@ class DataProphet:
             ppl_target=ppl_t,
             silhouette=sil,
             entropy=ent,
+            centred=centred,
+            silhouette_distinct=sil_d,
+            entropy_distinct=ent_d,
+            distinct=distinct,
             terms=terms,
             config=cfg,
             n_rows=n_rows,
@@ -169,6 +199,13 @@ class DataProphet:
             sig = signals[("target", t)]
             stats[t] = {"q": sig.mean("q"), "a": sig.mean("a"), "i": sig.mean("i")}
             stats[t]["ppl"] = sig.ppl if terms.ppl else None
+        centres = None
+        if cfg.centre == "pooled":  # the mean of every dataset's mean unit vector, each dataset counted once
+            centres = {}
+            for key in ("q", "a", "i"):
+                means = [signals[("source", s)].mean(key) for s in pool_named] + [stats[t][key] for t in stats]
+                if all(m is not None for m in means):
+                    centres[key] = np.mean(means, axis=0)
         names: list[str] = []
         rows: list[int] = []
         parts = []
@@ -176,7 +213,19 @@ class DataProphet:
             sig = signals[("source", s)]
             keep = _common_rows(sig)
             sub = {k: _take(sig, k, keep) for k in ("q", "a", "i", "nll")}
-            parts.append(instance_scores(sub["q"], sub["a"], sub["i"], sub["nll"], stats, terms).values)
+            scores_s = instance_scores(
+                sub["q"],
+                sub["a"],
+                sub["i"],
+                sub["nll"],
+                stats,
+                terms,
+                centres=centres,
+                similarity_sign=cfg.similarity_sign,
+                ppl_guard=cfg.ppl_guard,
+                ppl_cap=cfg.ppl_cap,
+            )
+            parts.append(scores_s.values)
             names += [s] * len(keep)
             rows += [int(r) for r in keep]
         values = np.concatenate(parts)
@@ -185,7 +234,10 @@ class DataProphet:
         if cfg.combine == "weighted":
             lam = np.array([float(cfg.target_weights.get(t, 0.0)) for t in stats])
         combined = values @ (lam / lam.sum())
-        return InstanceScores(sources=names, rows=rows, scores=scores, combined=combined)
+        # exact duplicates across the whole pool (same images and text), by content hash
+        hashes = {s: content_hashes(ds) for s, ds in pool_named.items()}
+        groups = np.unique([hashes[s][r] for s, r in zip(names, rows)], return_inverse=True)[1]
+        return InstanceScores(sources=names, rows=rows, scores=scores, combined=combined, groups=groups)
 
 
 class DataProphetInstances(DataProphet):
@@ -207,7 +259,7 @@ class DataProphetInstances(DataProphet):
             raise ValueError(
                 f"only {len(scores.combined)} usable rows in the pool for a budget of {context.budget} rows"
             )
-        rows = scores.select(top_k=context.budget)
+        rows = scores.select(top_k=context.budget, distinct=bool(self.settings.dedup_rows))
         kwargs = plan_kwargs(self, context)
         kwargs["extra"] = {
             "instance_scores": {

@@ -68,6 +68,7 @@ _LAZY = {
     "plot_result": "result",
     "ICONS": "selector",
     "run_icons": "selector",
+    "answer_labels": "selector",
     "SIGNALS": "..signals.features",
 }
 
@@ -92,4 +93,4 @@ if TYPE_CHECKING:
     from .aggregation import AGGREGATORS, Selection, aggregate, top_set_overlap, vote_counts, vote_histogram
     from .config import ICONSConfig
     from .result import ICONSResult, plot_result
-    from .selector import ICONS, run_icons
+    from .selector import ICONS, answer_labels, run_icons

@@ -17,6 +17,22 @@
 * `min_rank`: order rows by their best rank over tasks (0 = the task's top row; ranks break score ties by row id),
   then by the sum of their ranks, then by row id.
 * `specialist`: the top `M` of one task (LESS's selection).
+
+**mixwise's fixes** (options of [`aggregate`]; `ICONSConfig(preset="paper")` switches them off):
+
+* *duplicates counted once* (`groups`: a duplicate-group id per row, e.g. rows whose gradient features have cosine
+  >= 0.999, [`mixwise.signals.diversity.duplicate_groups`]): only the first row of each group (lowest row id) takes
+  part — in the vote thresholds as in the selection — and the other copies are selected only when the budget
+  exceeds the distinct rows (then in the aggregator's order). The paper's vote selected a row and its copies
+  wholesale (on the toy world: 20 copies of one row; a specialist spent 160 rows on 8 distinct rows).
+* *coverage floor* (`coverage_floor`, vote only, K >= 2 tasks): first every task in turn adds its best not yet selected
+  row until each has added `floor(coverage_floor · M / K)`, then the vote fills the rest. With `p_vote = p_select`
+  and disjoint tasks the plain vote keeps only rows two tasks want and starves an isolated task (measured: 5 and 2
+  of 280 rows); the floor keeps every task covered. `coverage_floor = 1` is the round robin, `0` the plain vote.
+* *answer subtasks* (`ICONSConfig.answer_subtasks`, in [`mixwise.icons.run_icons`]): a target whose answers come
+  from a small closed set gets one mean validation gradient per answer, max-merged like ICONS's own subtasks. With
+  one mean gradient per target, the top rows of a family missed whole answer classes (toy world: no "up" arrow
+  among 97 spatial rows, no "2" among 76 count rows) and the fine-tuned model never learned them.
 """
 
 from __future__ import annotations
@@ -110,6 +126,8 @@ def aggregate(
     task: int | str | None = None,
     tasks: Sequence[str] | None = None,
     sumnorm_guard: float = 1e-3,
+    groups: np.ndarray | None = None,
+    coverage_floor: float = 0.0,
 ) -> Selection:
     """Select `n_select` rows from an `(N, K)` influence matrix with one of [`AGGREGATORS`] (see module docstring).
 
@@ -121,9 +139,15 @@ def aggregate(
             `p_vote = p_select`).
         task: `specialist` only: the task (index or name in `tasks`).
         sumnorm_guard: `sumnorm` only: refuse when a task's `Σ_z I_k(z) ≤ guard · Σ_z |I_k(z)|`.
+        groups: a duplicate-group id per row: duplicates count once (see the module docstring). None: the paper.
+        coverage_floor: `vote` only: the share of `M` reserved for a round robin over the tasks (0: the paper).
     """
     if method not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {method!r}; expected one of {AGGREGATORS}")
+    if not 0.0 <= coverage_floor <= 1.0:
+        raise ValueError(f"coverage_floor must be in [0, 1], got {coverage_floor}")
+    if groups is not None:
+        return _dedup(scores, n_select, groups, method, p_vote, task, tasks, sumnorm_guard, coverage_floor)
     scores, valid = _check(scores, n_select)
     n, k_tasks = scores.shape
     names = list(tasks) if tasks is not None else [str(k) for k in range(k_tasks)]
@@ -132,8 +156,16 @@ def aggregate(
         votes, taus = vote_counts(scores, p)
         ranks2 = doubled_rank_sum(scores, valid)
         idx = np.nonzero(valid)[0]
-        order = idx[np.lexsort((idx, -ranks2[idx], -votes[idx]))][:n_select]
-        return Selection(method, order, votes=votes, thresholds=taus, info={"p_vote": p, "rank_sum2": ranks2})
+        order = idx[np.lexsort((idx, -ranks2[idx], -votes[idx]))]
+        info: dict[str, Any] = {"p_vote": p, "rank_sum2": ranks2}
+        quota = int(coverage_floor * n_select // k_tasks) if k_tasks > 1 else 0
+        if quota > 0:
+            covered = _round_robin(scores, valid, quota * k_tasks)
+            taken = np.zeros(n, bool)
+            taken[covered] = True
+            order = np.concatenate([covered, order[~taken[order]]])
+            info["coverage"] = {"floor": coverage_floor, "per_task": quota}
+        return Selection(method, order[:n_select], votes=votes, thresholds=taus, info=info)
     if method == "specialist":
         if task is None:
             if k_tasks != 1:
@@ -176,6 +208,30 @@ def aggregate(
         return Selection(method, order, aggregate=best.astype(np.float64))
     key = np.where(valid, key, -np.inf)
     return Selection(method, _top(key, valid, n_select), aggregate=key)
+
+
+def _dedup(scores, n_select, groups, method, p_vote, task, tasks, sumnorm_guard, coverage_floor) -> Selection:
+    """`aggregate` with duplicates counted once: first among the first row of every group, then (budget larger than
+    the distinct rows) among the other copies."""
+    scores, _ = _check(scores, n_select)
+    groups = np.asarray(groups)
+    if groups.shape != (len(scores),):
+        raise ValueError(f"groups must have one id per row ({len(scores)}), got shape {groups.shape}")
+    first = np.zeros(len(scores), bool)
+    _, reps = np.unique(groups, return_index=True)
+    first[reps] = True
+    valid = np.isfinite(scores).all(axis=1)
+    n_first = int((valid & first).sum())
+    head = np.where(first[:, None], scores, np.nan)
+    kw = dict(p_vote=p_vote, task=task, tasks=tasks, sumnorm_guard=sumnorm_guard, coverage_floor=coverage_floor)
+    sel = aggregate(head, min(n_select, n_first), method, **kw)
+    order = sel.order
+    if n_select > n_first:  # the budget forces repeats: the other copies, in the aggregator's order
+        rest = aggregate(np.where(first[:, None], np.nan, scores), n_select - n_first, method, **kw)
+        order = np.concatenate([order, rest.order])
+    sel.order = order
+    sel.info["dedup"] = {"distinct_rows": n_first, "rows": int(valid.sum())}
+    return sel
 
 
 def _round_robin(scores: np.ndarray, valid: np.ndarray, n_select: int) -> np.ndarray:

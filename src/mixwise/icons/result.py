@@ -33,6 +33,7 @@ class ICONSResult:
     config: dict[str, Any] = field(default_factory=dict)
     p_vote: float | None = None
     target_skipped: list[dict[str, Any]] = field(default_factory=list)
+    groups: np.ndarray | None = None  # duplicate-group id per pool row (dedup on), else None
 
     @property
     def n_select(self) -> int:
@@ -87,6 +88,8 @@ class ICONSResult:
             "feature_skipped": {"count": len(self.skipped), "rows": self.skipped[:100]},
             "target_feature_skipped": {"count": len(self.target_skipped), "rows": self.target_skipped[:100]},
             "tie_break": "votes desc, then mean within-task percentile rank desc, then row id asc",
+            "dedup": self.selection.info.get("dedup"),
+            "coverage": self.selection.info.get("coverage"),
         }
         if self.work_dir:
             info["work_dir"] = self.work_dir

@@ -10,14 +10,23 @@ import numpy as np
 from ..mixture import Mixture
 from ..plan import Plan
 from ..selectors import SelectionContext
+from ..signals.diversity import duplicate_groups
 from ..signals.features import FeatureSelector, featurize_checkpoints, start_feature_run
 from ..signals.influence import combine_influence, stream_scores, task_means
-from ..sources import Source, named_datasets
+from ..sources import Source, extract_fields, named_datasets
 from .aggregation import aggregate
 from .config import ICONSConfig
 from .result import ICONSResult
 
-__all__ = ["ICONS", "run_icons"]
+__all__ = ["ICONS", "answer_labels", "run_icons"]
+
+
+def answer_labels(dataset: Any, name: str = "target") -> list[str]:
+    """The reference answer of every row of a target (SFT or RL format), stripped and lower-cased."""
+    return [
+        extract_fields(row, name, k).answer.strip().lower()
+        for k, row in enumerate(dataset.remove_columns([c for c in ("images", "image") if c in dataset.column_names]))
+    ]
 
 
 def run_icons(
@@ -49,6 +58,7 @@ def run_icons(
     checkpoints_info = []
 
     target_skipped: list[dict[str, Any]] = []
+    groups: np.ndarray | None = None
     for step in featurize_checkpoints(
         cfg, mixture, run.targets, run.scoring, run.model_id, run.work_dir, "ICONS", on_chunk=on_chunk
     ):
@@ -61,13 +71,22 @@ def run_icons(
                 target_skipped += [{**row, "target": t.name} for row in tstore.skipped()]
             feats, norms = tstore.load()
             labels = t.dataset[t.subtask_column] if t.subtask_column else None
+            if labels is None and cfg.answer_subtasks:
+                answers = answer_labels(t.dataset, t.name)
+                if len(set(answers)) <= cfg.max_answer_subtasks:  # a closed answer space: one subtask per answer
+                    keep = np.isfinite(np.asarray(norms))
+                    feats, norms, labels = feats[keep], norms[keep], [a for a, k in zip(answers, keep) if k]
             sub_names, means = task_means(feats, norms, labels, name=t.name)
-            if t.subtask_column:
+            if labels is not None:
                 subtasks[t.name] = sub_names
             columns.append((t.name, len(sub_names)))
             all_means.append(means)
         if step.index == 0:
             skipped = step.pool.skipped()
+            if cfg.dedup:  # duplicates from the first checkpoint's pool features (identical rows: identical features)
+                pool_feats, pool_norms = step.pool.load()
+                feats = np.where(np.isfinite(pool_norms)[:, None], np.asarray(pool_feats, np.float32), 0.0)
+                groups = duplicate_groups(feats, cfg.dedup_threshold)
         # one streamed pass over the pool store for every task column at once
         streamed = stream_scores(step.pool, np.concatenate(all_means))
         scores: dict[str, np.ndarray] = {}
@@ -79,7 +98,10 @@ def run_icons(
 
     influence = combine_influence(per_checkpoint, [c["weight"] for c in run.scoring.checkpoints], subtasks)
     n_valid = int(influence.valid.sum())
-    p_vote = cfg.p_vote if cfg.p_vote is not None else n_select / max(n_valid, 1)
+    if groups is not None:  # duplicates count once in the vote share too
+        _, first = np.unique(groups, return_index=True)
+        n_valid = max(1, int(influence.valid[first].sum()))
+    p_vote = cfg.p_vote if cfg.p_vote is not None else min(1.0, n_select / max(n_valid, 1))
     task = cfg.specialist_task
     if cfg.aggregator == "specialist" and task is None and len(influence.tasks) > 1:
         raise ValueError(f"the specialist aggregator needs `specialist_task` (one of {influence.tasks})")
@@ -91,6 +113,8 @@ def run_icons(
         task=task,
         tasks=influence.tasks,
         sumnorm_guard=cfg.sumnorm_guard,
+        groups=groups,
+        coverage_floor=cfg.coverage_floor if cfg.aggregator == "vote" else 0.0,
     )
     return ICONSResult(
         target_skipped=target_skipped,
@@ -104,6 +128,7 @@ def run_icons(
         work_dir=run.work_dir,
         config=cfg.to_dict(),
         p_vote=p_vote,
+        groups=groups,
     )
 
 
