@@ -50,6 +50,8 @@ __all__ = [
     "run_agreed",
     "share",
     "sharding",
+    "long_wait_group",
+    "release_long_wait_group",
     "shutdown",
     "state",
     "unpack_error",
@@ -404,11 +406,47 @@ def unsharded(model: Any) -> Iterator[Any]:
             torch.cuda.empty_cache()
 
 
+_LONG_WAIT_GROUP: Any = None
+
+
+def long_wait_group() -> Any:
+    """A gloo group with a one-day time-out, for ranks that wait in a collective on long work of the main process
+    (validation of a large pool). Made once per process, on every rank (creating it is a collective); released by
+    [`shutdown`] or, failing that, at interpreter exit — a gloo group still alive when the interpreter tears down
+    aborts the process ("terminate called without an active exception")."""
+    global _LONG_WAIT_GROUP
+    if _LONG_WAIT_GROUP is None:
+        import atexit
+        import datetime
+
+        import torch.distributed as dist
+
+        _LONG_WAIT_GROUP = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=1))
+        atexit.register(release_long_wait_group)
+    return _LONG_WAIT_GROUP
+
+
+def release_long_wait_group() -> None:
+    """Destroy [`long_wait_group`]'s group if it was made (idempotent; errors at teardown are ignored)."""
+    global _LONG_WAIT_GROUP
+    group, _LONG_WAIT_GROUP = _LONG_WAIT_GROUP, None
+    if group is None:
+        return
+    import torch.distributed as dist
+
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group(group)
+    except Exception:  # the default group is already gone: nothing left to release
+        pass
+
+
 def shutdown() -> None:
-    """Wait for every rank, then tear the process group down, so that no rank exits while a gloo/NCCL thread
+    """Wait for every rank, then tear the process groups down, so that no rank exits while a gloo/NCCL thread
     is still running (which aborts it with "terminate called without an active exception")."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        release_long_wait_group()
         dist.destroy_process_group()

@@ -641,8 +641,6 @@ def _run_local(settings: ScanSettings, bounds: tuple[int, int]) -> tuple[int, li
 # One rank validates, the others receive the result
 # ----------------------------------------------------------------------------------------------------------------
 
-_GROUP: Any = None  # a gloo group with a long timeout: other ranks may wait as long as validation takes
-
 
 def _world() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -661,23 +659,21 @@ def _world() -> tuple[int, int]:
 def on_main_then_share(compute: Any) -> Any:
     """`compute()` on rank 0 only, its result (or its exception) on every rank. One collective per call, on every
     rank, whatever happens on rank 0."""
-    global _GROUP
     rank, world = _world()
     if world == 1:
         return compute()
-    import datetime
-
     import torch.distributed as dist
 
-    if _GROUP is None:
-        _GROUP = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=1))
+    from .distributed import long_wait_group
+
+    group = long_wait_group()  # the other ranks may wait as long as validation takes
     box: list[Any] = [None]
     if rank == 0:
         try:
             box[0] = ("ok", compute())
         except Exception as err:  # every rank must raise it, not wait forever
             box[0] = ("error", err)
-    dist.broadcast_object_list(box, src=0, group=_GROUP)
+    dist.broadcast_object_list(box, src=0, group=group)
     status, value = box[0]
     if status == "error":
         raise value
