@@ -9,7 +9,8 @@ own, next to a baseline of the same size measured in the same run:
 | `validation` | `mixwise.validate_source` on every source (decodes every image; `cache=False`: the first run's cost) | PIL-decoding every image of the pool |
 | `mixture` | `mixwise.Mixture(sources, budget=N/5, validate=False)`, its `dataset` and one epoch's `indices()` | `datasets.concatenate_datasets` of the sources |
 | `dataprophet` | `DataProphet().score(pool, 2 targets)` with the tiny LLaVA and the default subsample (512 rows per dataset, as DataProphet scores by default) | — |
-| `influence` | ICONS from disk: a datastore of N × `--dim` synthetic unit features (float16, built untimed, evicted from the page cache), per-task means of 10 validation sets, `stream_scores`, `combine_influence`, the vote (select 20%) | reading every row of the store (`iter_blocks`) |
+| `influence` | ICONS from disk: a datastore of N × `--dim` synthetic unit features (float16, built untimed, evicted from the page cache; every 10th row a near-copy of another), per-task means of 10 validation sets, `stream_scores`, `combine_influence`, the paper's vote (select 20%) | reading every row of the store (`iter_blocks`) |
+| `icons_default` | the same with ICONS's default aggregation: duplicate groups of the stored features (`duplicate_groups`, cosine >= 0.999), the vote with duplicates counted once and the coverage floor 0.5 | the same |
 
 Per stage and size it prints seconds, the ratio to the baseline, the peak resident set (VmHWM: heap plus the file
 pages the process mapped) and the peak anonymous resident set (heap only, sampled every 20 ms); then the fitted
@@ -21,7 +22,8 @@ per-instance scores, ICONS's gradient features) — `--per_row` measures the per
 `--per_row_rows` rows with every row scored (`subsample=None`) and prints it with the extrapolation to the largest
 pool; `benchmarks/featurize.py` measures the featurizer's rows/s.
 
-usage: python benchmarks/scale.py [--sizes 10000,100000,1000000] [--stages validation,mixture,dataprophet,influence]
+usage: python benchmarks/scale.py [--sizes 10000,100000,1000000]
+                                  [--stages validation,mixture,dataprophet,influence,icons_default]
                                   [--dim 1024] [--dir /tmp/mixwise-bench-scale] [--per_row] [--regenerate]
 """
 
@@ -77,8 +79,11 @@ def build_pool(a, n: int) -> None:
     print(f"  built the {n:,}-row pool in {time.perf_counter() - t:.0f}s", flush=True)
 
 
+COPY_EVERY = 10  # every 10th row of the synthetic store is a near-copy of the row 5 before it
+
+
 def store_dir(a, n: int) -> str:
-    return os.path.join(a.dir, f"store-{n}-{a.dim}")
+    return os.path.join(a.dir, f"store-{n}-{a.dim}-copies{COPY_EVERY}")
 
 
 def build_store(a, n: int) -> None:
@@ -86,13 +91,18 @@ def build_store(a, n: int) -> None:
 
     from mixwise.signals.datastore import Datastore
 
-    store = Datastore.open_or_create(store_dir(a, n), n, a.dim, {"synthetic": n, "dim": a.dim}, chunk_size=8192)
+    identity = {"synthetic": n, "dim": a.dim, "copy_every": COPY_EVERY}
+    store = Datastore.open_or_create(store_dir(a, n), n, a.dim, identity, chunk_size=8192)
     if store.complete:
         return
     t = time.perf_counter()
     for c in store.pending():
         lo, hi = store.chunk_range(c)
-        x = np.random.default_rng([0, c]).standard_normal((hi - lo, a.dim), dtype=np.float32)
+        rng = np.random.default_rng([0, c])
+        x = rng.standard_normal((hi - lo, a.dim), dtype=np.float32)
+        # near-copies (cosine ~ 0.99999, like one row featurized in two batches) of the row 5 before, in the chunk
+        copies = np.arange(COPY_EVERY - 1, hi - lo, COPY_EVERY)
+        x[copies] = x[copies - 5] + 1e-4 * rng.standard_normal((len(copies), a.dim), dtype=np.float32)
         norms = np.linalg.norm(x, axis=1)
         store.write_chunk(c, x / norms[:, None], norms)
         store.mark_done(c)
@@ -176,9 +186,10 @@ def work(stage: str, a, n: int) -> dict:
     info: dict = {}
     if stage in ("validation", "validation-baseline", "mixture", "mixture-baseline"):
         sources = load_sources(a, n)
-    if stage == "influence":
+    if stage in ("influence", "icons_default"):
         from mixwise.icons.aggregation import aggregate
         from mixwise.signals.datastore import Datastore
+        from mixwise.signals.duplicates import duplicate_groups
         from mixwise.signals.influence import combine_influence, stream_scores, task_means
 
         val = np.load(os.path.join(a.dir, f"val-{a.dim}.npy")).astype(np.float32)
@@ -224,6 +235,21 @@ def work(stage: str, a, n: int) -> dict:
         influence = combine_influence([{tk: scores[:, [k]] for k, tk in enumerate(tasks)}])
         selection = aggregate(influence.scores, n // 5, "vote", p_vote=0.2)
         info["selected"] = len(selection.order)
+    elif stage == "icons_default":
+        store = Datastore.open(store_dir(a, n))
+        groups = duplicate_groups(store, 0.999)
+        tasks = [f"task{k}" for k in range(TASKS)]
+        means = np.concatenate([task_means(val[k], name=tasks[k])[1] for k in range(TASKS)])
+        scores = stream_scores(store, means)
+        influence = combine_influence([{tk: scores[:, [k]] for k, tk in enumerate(tasks)}])
+        distinct = int(groups.max()) + 1
+        selection = aggregate(influence.scores, n // 5, "vote", p_vote=min(1.0, (n // 5) / distinct), groups=groups,
+                              coverage_floor=0.5)  # fmt: skip
+        info["selected"] = len(selection.order)
+        info["distinct"] = distinct
+        info["planted_distinct"] = sum(hi - lo - len(range(COPY_EVERY - 1, hi - lo, COPY_EVERY))
+                                       for lo, hi in map(store.chunk_range, range(store.n_chunks)))  # fmt: skip
+        info["repeated_in_selection"] = len(selection.order) - len(set(groups[selection.order].tolist()))
     elif stage == "influence-baseline":
         from mixwise.signals.datastore import Datastore
 
@@ -238,7 +264,7 @@ def work(stage: str, a, n: int) -> dict:
 
 def run_worker(stage: str, a, n: int) -> dict:
     out = os.path.join(a.dir, f"result-{stage}-{n}.json")
-    if stage.startswith("influence"):
+    if stage.startswith("influence") or stage == "icons_default":
         evict(store_dir(a, n))
     args = [f"--dir={a.dir}", f"--dim={a.dim}", f"--dataprophet_kwargs={json.dumps(a.dataprophet_kwargs)}"]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
@@ -252,7 +278,12 @@ def run_worker(stage: str, a, n: int) -> dict:
 # Main
 # ---------------------------------------------------------------------------------------------------------------------
 
-BASELINES = {"validation": "validation-baseline", "mixture": "mixture-baseline", "influence": "influence-baseline"}
+BASELINES = {
+    "validation": "validation-baseline",
+    "mixture": "mixture-baseline",
+    "influence": "influence-baseline",
+    "icons_default": "influence-baseline",
+}
 
 
 def exponent(sizes, values) -> float:
@@ -264,7 +295,7 @@ def exponent(sizes, values) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="10000,100000,1000000")
-    p.add_argument("--stages", default="validation,mixture,dataprophet,influence")
+    p.add_argument("--stages", default="validation,mixture,dataprophet,influence,icons_default")
     p.add_argument("--dim", type=int, default=1024)
     p.add_argument("--dir", default="/tmp/mixwise-bench-scale")
     p.add_argument("--regenerate", action="store_true", help="rebuild the pools (e.g. to defeat a validation cache)")
@@ -288,24 +319,27 @@ def main() -> None:
     for n in sizes:
         if any(s in stages for s in ("validation", "mixture", "dataprophet")):
             build_pool(a, n)
-        if "influence" in stages:
+        if "influence" in stages or "icons_default" in stages:
             build_store(a, n)
     results: dict[str, dict[int, dict]] = {}
     for stage in stages:
         for n in sizes:
             for name in (stage, BASELINES.get(stage)):
-                if name is not None:
+                if name is not None and n not in results.get(name, {}):  # a baseline shared by two stages runs once
                     results.setdefault(name, {})[n] = run_worker(name, a, n)
             r = results[stage][n]
             base = results.get(BASELINES.get(stage, ""), {}).get(n)
             ratio = f"{r['seconds'] / base['seconds']:6.2f}x baseline" if base else " " * 15
-            print(f"  {stage:<11} N={n:>9,}  {r['seconds']:8.2f}s  {ratio}  peak RSS {r['peak_rss_bytes'] / 2**20:7.0f} MiB"
+            print(f"  {stage:<13} N={n:>9,}  {r['seconds']:8.2f}s  {ratio}  peak RSS {r['peak_rss_bytes'] / 2**20:7.0f} MiB"
                   f"  peak anon +{r['peak_anon_bytes'] / 2**20:6.0f} MiB", flush=True)  # fmt: skip
+            if "distinct" in r:
+                print(f"  {'':<13} {r['distinct']:,} duplicate groups (planted: {r['planted_distinct']:,} distinct rows), "
+                      f"{r['repeated_in_selection']} rows selected twice", flush=True)  # fmt: skip
     print("growth with the pool (seconds ~ N^b; peak anonymous memory, smallest -> largest pool):")
     for stage in stages:
         secs = [results[stage][n]["seconds"] for n in sizes]
         anon = [results[stage][n]["peak_anon_bytes"] / 2**20 for n in sizes]
-        line = f"  {stage:<11} b = {exponent(sizes, secs):5.2f}"
+        line = f"  {stage:<13} b = {exponent(sizes, secs):5.2f}"
         base = BASELINES.get(stage)
         if base:
             line += f"  (baseline b = {exponent(sizes, [results[base][n]['seconds'] for n in sizes]):5.2f})"

@@ -144,3 +144,44 @@ def test_duplicates_count_once_until_the_budget_forces_repeats():
     assert aggregate(scores, 4, "max", groups=groups).order.tolist() == [0, 3, 4, 1]
     with pytest.raises(ValueError, match="one id per row"):
         aggregate(scores, 3, "max", groups=np.array([0, 1]))
+
+
+def reference_round_robin(scores: np.ndarray, n_select: int) -> list[int]:
+    """Each task in turn adds its best row not yet taken, from a full sort of the pool (ties: row id)."""
+    valid = np.isfinite(scores).all(axis=1)
+    rows = np.nonzero(valid)[0]
+    orders = [rows[np.lexsort((rows, -scores[rows, k]))].tolist() for k in range(scores.shape[1])]
+    taken: list[int] = []
+    while len(taken) < n_select:
+        for order in orders:
+            if len(taken) < n_select:
+                taken.append(next(r for r in order if r not in taken))
+    return taken
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_partial_sorts_equal_full_sorts_with_ties_and_nan(seed):
+    """The round robin, the coverage floor and the top-M aggregators sort only the rows that can be selected; with
+    massive ties (scores rounded to one decimal) and NaN rows they select exactly what a full sort selects."""
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.standard_normal((300, 4)), 1).astype(np.float32)
+    scores[rng.random(300) < 0.05, int(rng.integers(4))] = np.nan
+    valid = np.isfinite(scores).all(axis=1)
+    for m in (1, 7, 40, 149):
+        assert aggregate(scores, m, "round_robin").order.tolist() == reference_round_robin(scores, m)
+        rows = np.nonzero(valid)[0]
+        best = scores[rows].max(axis=1).astype(np.float64)
+        assert aggregate(scores, m, "max").order.tolist() == rows[np.lexsort((rows, -best))][:m].tolist()
+        covered = aggregate(scores, m, "vote", coverage_floor=1.0).order.tolist()
+        assert covered[: m // 4 * 4] == reference_round_robin(scores, m // 4 * 4)
+
+
+def test_float32_scores_select_what_their_float64_copy_selects():
+    """float32 influence (as stored) is not copied to float64 as a whole: the vote's thresholds, votes and order
+    are the ones of the float64 copy."""
+    scores = np.random.default_rng(0).standard_normal((500, 5)).astype(np.float32)
+    scores[3] = np.nan
+    for kw in ({}, {"coverage_floor": 0.5}, {"groups": np.arange(500) // 2}):
+        a, b = aggregate(scores, 60, "vote", **kw), aggregate(scores.astype(np.float64), 60, "vote", **kw)
+        assert a.order.tolist() == b.order.tolist() and a.thresholds == b.thresholds
+        assert a.votes.tolist() == b.votes.tolist()

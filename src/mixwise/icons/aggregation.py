@@ -21,7 +21,7 @@
 **mixwise's fixes** (options of [`aggregate`]; `ICONSConfig(preset="paper")` switches them off):
 
 * *duplicates counted once* (`groups`: a duplicate-group id per row, e.g. rows whose gradient features have cosine
-  >= 0.999, [`mixwise.signals.diversity.duplicate_groups`]): only the first row of each group (lowest row id) takes
+  >= 0.999, [`mixwise.signals.duplicates.duplicate_groups`]): only the first row of each group (lowest row id) takes
   part — in the vote thresholds as in the selection — and the other copies are selected only when the budget
   exceeds the distinct rows (then in the aggregator's order). The paper's vote selected a row and its copies
   wholesale (on the toy world: 20 copies of one row; a specialist spent 160 rows on 8 distinct rows).
@@ -74,7 +74,10 @@ class Selection:
 
 
 def _check(scores: np.ndarray, n_select: int) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64)
+    """`(scores, valid rows)`; float32 scores stay float32 (no N × K float64 copy of a million-row pool's scores)."""
+    scores = np.asarray(scores)
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
     if scores.ndim != 2 or scores.shape[1] == 0:
         raise ValueError(f"scores must be an (N, K) matrix with K >= 1, got shape {scores.shape}")
     valid = np.isfinite(scores).all(axis=1)
@@ -88,9 +91,18 @@ def _check(scores: np.ndarray, n_select: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _top(key: np.ndarray, valid: np.ndarray, n_select: int) -> np.ndarray:
     """Rows with the highest `key` (ties: lower row id), among valid rows."""
-    rows = np.nonzero(valid)[0]
-    order = np.lexsort((rows, -key[rows]))
-    return rows[order[:n_select]]
+    return _ranked(key, np.nonzero(valid)[0], n_select)
+
+
+def _ranked(key: np.ndarray, rows: np.ndarray, n_top: int) -> np.ndarray:
+    """The first `n_top` of `rows` (ascending ids) ordered by descending `key[row]`, ties by row id. Only the rows
+    whose key reaches the `n_top`-th largest are sorted (all of them when scores tie there), not the whole pool."""
+    values = key[rows]
+    if n_top < len(rows) // 2 and not np.isnan(values).any():  # (NaN keys: the lexsort's order, NaN last)
+        cut = np.partition(values, len(values) - n_top)[len(values) - n_top]
+        head = values >= cut
+        rows, values = rows[head], values[head]
+    return rows[np.lexsort((rows, -values))][:n_top]
 
 
 def vote_counts(scores: np.ndarray, p_vote: float) -> tuple[np.ndarray, list[float]]:
@@ -98,12 +110,15 @@ def vote_counts(scores: np.ndarray, p_vote: float) -> tuple[np.ndarray, list[flo
     percentile of `I_k` over the valid rows (invalid rows get no vote)."""
     if not 0 < p_vote <= 1:
         raise ValueError(f"p_vote must be in (0, 1], got {p_vote}")
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
     valid = np.isfinite(scores).all(axis=1)
-    taus = [float(np.percentile(scores[valid, k], 100.0 * (1.0 - p_vote))) for k in range(scores.shape[1])]
+    taus: list[float] = []
     votes = np.zeros(len(scores), np.int64)
-    for k, tau in enumerate(taus):
-        votes += (valid & (np.nan_to_num(scores[:, k], nan=-np.inf) >= tau)).astype(np.int64)
+    for k in range(scores.shape[1]):  # one float64 column at a time (the thresholds are float64 percentiles)
+        column = scores[:, k].astype(np.float64)
+        tau = float(np.percentile(column[valid], 100.0 * (1.0 - p_vote)))
+        taus.append(tau)
+        votes += valid & (column >= tau)  # a NaN compares False
     return votes, taus
 
 
@@ -166,6 +181,8 @@ def aggregate(
             order = np.concatenate([covered, order[~taken[order]]])
             info["coverage"] = {"floor": coverage_floor, "per_task": quota}
         return Selection(method, order[:n_select], votes=votes, thresholds=taus, info=info)
+    if method not in ("vote", "round_robin"):  # arithmetic on the scores: in float64, as published
+        scores = scores.astype(np.float64, copy=False)
     if method == "specialist":
         if task is None:
             if k_tasks != 1:
@@ -236,7 +253,8 @@ def _dedup(scores, n_select, groups, method, p_vote, task, tasks, sumnorm_guard,
 
 def _round_robin(scores: np.ndarray, valid: np.ndarray, n_select: int) -> np.ndarray:
     idx = np.nonzero(valid)[0]
-    orders = [idx[np.lexsort((idx, -scores[idx, k]))] for k in range(scores.shape[1])]
+    # a task's pointer passes at most n_select rows (each step takes one row), so its top n_select rows suffice
+    orders = [_ranked(scores[:, k], idx, n_select) for k in range(scores.shape[1])]
     taken = np.zeros(len(scores), bool)
     pointers = [0] * len(orders)
     out: list[int] = []

@@ -10,7 +10,7 @@ import numpy as np
 from ..mixture import Mixture
 from ..plan import Plan
 from ..selectors import SelectionContext
-from ..signals.diversity import duplicate_groups
+from ..signals.duplicates import duplicate_groups
 from ..signals.features import FeatureSelector, featurize_checkpoints, start_feature_run
 from ..signals.influence import combine_influence, stream_scores, task_means
 from ..sources import Source, extract_fields, named_datasets
@@ -84,9 +84,7 @@ def run_icons(
         if step.index == 0:
             skipped = step.pool.skipped()
             if cfg.dedup:  # duplicates from the first checkpoint's pool features (identical rows: identical features)
-                pool_feats, pool_norms = step.pool.load()
-                feats = np.where(np.isfinite(pool_norms)[:, None], np.asarray(pool_feats, np.float32), 0.0)
-                groups = duplicate_groups(feats, cfg.dedup_threshold)
+                groups = duplicate_groups(step.pool, cfg.dedup_threshold)  # streamed from the store
         # one streamed pass over the pool store for every task column at once
         streamed = stream_scores(step.pool, np.concatenate(all_means))
         scores: dict[str, np.ndarray] = {}

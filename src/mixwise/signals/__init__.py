@@ -6,6 +6,7 @@ In the order a row travels:
 * [`perplexity`](perplexity.py): answer-token perplexity (DataProphet's PPL; MM-GEN's filter);
 * [`embeddings`](embeddings.py): Q / A / I field embeddings and their similarity (DataProphet's QSim / ASim / ISim);
 * [`diversity`](diversity.py): k-means silhouette + normalized entropy (DataProphet's diversity);
+* [`duplicates`](duplicates.py): near-duplicate groups of feature vectors, hashed and streamed (ICONS's dedup);
 * [`warmup`](warmup.py): the LoRA warm-up that gradients are taken at (LESS / ICONS / CADC step 1);
 * [`gradients`](gradients.py): exact per-sample LoRA gradients in one batched backward;
 * [`projection`](projection.py): seeded, memory-bounded random projections;

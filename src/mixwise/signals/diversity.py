@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .duplicates import duplicate_groups
 from .embeddings import l2_normalize
 
 __all__ = [
@@ -91,45 +92,6 @@ def cluster_entropy(labels: np.ndarray, n_clusters: int) -> tuple[float, np.ndar
     pi = counts / counts.sum()
     nz = pi[pi > 0]
     return float(-(nz * np.log(nz)).sum() / np.log(n_clusters)), pi
-
-
-def duplicate_groups(vectors: np.ndarray, threshold: float = 0.999, block: int = 2048) -> np.ndarray:
-    """A duplicate-group id per row: row i joins the group of the first earlier *representative* whose unit vector has
-    cosine >= `threshold` with its own, else it starts a new group (ids 0, 1, ... in order of first appearance).
-
-    `threshold >= 1` groups only rows whose vectors are bitwise identical (a hash, O(n)); otherwise the rows are
-    compared in blocks with the representatives found so far (O(n · distinct · d)). All-zero rows form one group.
-    """
-    x = np.asarray(vectors)
-    if x.ndim != 2:
-        raise ValueError(f"expected an (n, d) matrix, got shape {x.shape}")
-    n = len(x)
-    groups = np.empty(n, dtype=np.int64)
-    if threshold >= 1.0:
-        seen: dict[bytes, int] = {}
-        for i in range(n):
-            groups[i] = seen.setdefault(np.ascontiguousarray(x[i]).tobytes(), len(seen))
-        return groups
-    u = l2_normalize(x.astype(np.float64))
-    reps: list[int] = []
-    for start in range(0, n, block):
-        chunk = u[start : start + block]
-        sims = chunk @ u[reps].T if reps else np.zeros((len(chunk), 0))
-        for j in range(len(chunk)):
-            i = start + j
-            hit = np.nonzero(sims[j] >= threshold)[0]
-            if len(hit):
-                groups[i] = groups[reps[int(hit[0])]]
-                continue
-            # compare with the representatives opened earlier in this block
-            local = [r for r in reps if r >= start]
-            match = next((r for r in local if float(u[r] @ u[i]) >= threshold), None)
-            if match is not None:
-                groups[i] = groups[match]
-            else:
-                groups[i] = len(reps)
-                reps.append(i)
-    return groups
 
 
 def distinct_first_order(order: Sequence[int], groups: np.ndarray) -> np.ndarray:

@@ -133,13 +133,14 @@ def combine_influence(
         raise ValueError(f"checkpoint weights must be {len(per_checkpoint)} non-negative numbers, got {weights}")
     w = w / w.sum()
     tasks = list(per_checkpoint[0])
-    cols = []
-    for task in tasks:
+    n_rows = len(per_checkpoint[0][tasks[0]]) if tasks else 0
+    combined = np.empty((n_rows, len(tasks)), np.float32)
+    for k, task in enumerate(tasks):  # one task's float64 sum at a time
         total = sum(wc * np.asarray(scores[task], dtype=np.float64) for wc, scores in zip(w, per_checkpoint))
-        cols.append(total.max(axis=1))
+        combined[:, k] = total.max(axis=1)
     return InfluenceScores(
         tasks=tasks,
-        scores=np.stack(cols, axis=1).astype(np.float32),
+        scores=combined,
         subtasks={t: list(s) for t, s in (subtask_columns or {}).items()},
         checkpoint_weights=w.tolist(),
     )

@@ -1,0 +1,170 @@
+"""Near-duplicate groups of feature vectors, streamed, in time and memory linear in the rows.
+
+**Groups.** Row `i` joins the group of the first earlier *representative* `r` (the lowest row id) whose unit vector
+has cosine `⟨u_i, u_r⟩ >= threshold` with its own, else it starts a new group; group ids are 0, 1, ... in order of
+first appearance, so a group's first row is its representative. All-zero rows (e.g. rows skipped while featurizing)
+form one group. `threshold >= 1` groups only bitwise-identical rows (a hash of each row's bytes).
+
+**Candidates** (threshold < 1). Comparing every row with every representative is `O(n · distinct · d)`: at a
+million distinct rows, 10^15 multiply-adds. Instead, each row is compared only with the representatives that share a
+bucket of a p-stable locality-sensitive hash (E2LSH; Datar, Immorlica, Indyk & Mirrokni, *Locality-Sensitive Hashing
+Scheme Based on p-Stable Distributions*, SoCG 2004): `L` tables, each the concatenation of `k` functions
+`h(u) = ⌊(a·u + b) / w⌋` with `a ~ N(0, I)`, `b ~ U[0, w)` (seeded: the same rows give the same groups on every
+run and rank). Unit vectors at cosine `>= threshold` are within distance `r = √(2(1 − threshold))`; with
+`w = 16 r`, `k = 14`, `L = 20` such a pair shares at least one bucket unless with probability below 2·10⁻⁶ (pairs
+closer than `r / 2`, e.g. one row featurized in two batches, below 10⁻¹⁰), while two rows at cosine 0.15 (distance
+1.3, typical of distinct rows' gradient features) share one with probability 4·10⁻¹⁰ per table. The hash is tuned
+for thresholds near 1 (the default 0.999): a lower threshold widens the buckets, so more rows are compared and more
+representatives are held.
+
+Memory: the `L` 32-bit bucket keys of every row (80 bytes per row, freed before the comparison pass) and, for the
+rows that share a bucket with another row, their place in each table's bucket order (240 bytes per such row); no
+vector is held beyond a block: the rows are read block by block (from an array or a
+[`mixwise.signals.datastore.Datastore`]) in two passes, and a representative that a later row is compared with is
+read again (one `pread` from a store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LSH_FUNCTIONS", "LSH_TABLES", "LSH_WIDTH", "duplicate_groups"]
+
+LSH_TABLES = 20  # L
+LSH_FUNCTIONS = 14  # k, concatenated per table
+LSH_WIDTH = 16.0  # w / r
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multipliers that spread the k bucket numbers over the key
+
+
+def _blocks(vectors: Any, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """`(start, rows)` blocks of an `(n, d)` array (its own dtype), or of a datastore (float32; skipped rows, whose
+    norm is not finite, as zero rows)."""
+    if hasattr(vectors, "iter_blocks"):
+        for start, _, feats, norms in vectors.iter_blocks(block_rows):
+            x = np.asarray(feats, dtype=np.float32)
+            x[~np.isfinite(norms)] = 0.0
+            yield start, x
+        return
+    for start in range(0, len(vectors), block_rows):
+        yield start, np.asarray(vectors[start : start + block_rows])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """A row scaled to unit length in float64 (a zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / max(float(np.linalg.norm(x)), 1e-12)
+
+
+def _row(vectors: Any, block: np.ndarray, start: int, r: int) -> np.ndarray:
+    """Row `r`: from the block in hand when it is there, else read again (a store: one `pread`)."""
+    if start <= r < start + len(block):
+        return block[r - start]
+    if hasattr(vectors, "iter_blocks"):
+        return vectors.read(r, r + 1)[0][0]  # a representative: never a skipped row
+    return np.asarray(vectors[r])
+
+
+def _shape(vectors: Any) -> tuple[int, int]:
+    if hasattr(vectors, "iter_blocks"):
+        return int(vectors.n_rows), int(vectors.dim)
+    shape = np.shape(vectors)
+    if len(shape) != 2:
+        raise ValueError(f"expected an (n, d) matrix, got shape {shape}")
+    return int(shape[0]), int(shape[1])
+
+
+def duplicate_groups(vectors: Any, threshold: float = 0.999, block_rows: int = 4096, seed: int = 0) -> np.ndarray:
+    """A duplicate-group id per row (see the module docstring): `vectors` is an `(n, d)` array or a datastore.
+
+    Args:
+        vectors: the rows' vectors (any scale: compared by cosine), or a datastore streamed block by block.
+        threshold: cosine at or above which a row joins an earlier representative's group; `>= 1`: bitwise equal.
+        block_rows: rows read and hashed at once.
+        seed: the hash's random projections.
+    """
+    n, dim = _shape(vectors)
+    groups = np.empty(n, dtype=np.int64)
+    if threshold >= 1.0:
+        seen: dict[bytes, int] = {}
+        for start, x in _blocks(vectors, block_rows):
+            for j in range(len(x)):
+                groups[start + j] = seen.setdefault(x[j].tobytes(), len(seen))
+        return groups
+    if n == 0:
+        return groups
+    width = LSH_WIDTH * float(np.sqrt(2.0 * (1.0 - threshold)))
+    rng = np.random.default_rng([seed, dim])
+    proj = rng.standard_normal((dim, LSH_TABLES * LSH_FUNCTIONS)).astype(np.float32)
+    shift = rng.uniform(0.0, width, LSH_TABLES * LSH_FUNCTIONS).astype(np.float32)
+    mult = (rng.integers(1, 2**62, LSH_FUNCTIONS, dtype=np.uint64) * np.uint64(2) + np.uint64(1)) * _MIX
+
+    # pass 1: bucket keys of every row; zero rows are kept out of the buckets
+    keys = np.empty((n, LSH_TABLES), dtype=np.uint32)
+    zero = np.zeros(n, dtype=bool)
+    for start, x in _blocks(vectors, block_rows):
+        x = x.astype(np.float32, copy=False)
+        norm = np.linalg.norm(x, axis=1)
+        zero[start : start + len(x)] = norm == 0
+        u = x / np.maximum(norm, 1e-12)[:, None]
+        h = np.floor((u @ proj + shift) / width).astype(np.int64).view(np.uint64)
+        h = h.reshape(len(x), LSH_TABLES, LSH_FUNCTIONS)
+        key = (h * mult).sum(axis=2, dtype=np.uint64)  # wraps modulo 2^64: a hash of the k bucket numbers
+        keys[start : start + len(x)] = (key ^ (key >> np.uint64(32))).astype(np.uint32)
+    # rows that share a bucket with another row in some table; every other row is its own representative
+    shared = np.zeros(n, dtype=bool)
+    for t in range(LSH_TABLES):
+        column = keys[:, t]
+        ordered = np.sort(column[~zero])
+        repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+        shared |= np.isin(column, repeated) & ~zero
+    cand = np.nonzero(shared)[0]  # ascending row ids
+    m = len(cand)
+    # per table: the candidates sorted by (bucket key, row); for each candidate, where its bucket starts in that
+    # order and where it sits, so that the earlier rows of its bucket are order[t, start:position]
+    order = np.empty((LSH_TABLES, m), dtype=np.int32)
+    bucket_start = np.empty((LSH_TABLES, m), dtype=np.int32)
+    position = np.empty((LSH_TABLES, m), dtype=np.int32)
+    for t in range(LSH_TABLES):
+        key = keys[cand, t]
+        o = np.argsort(key, kind="stable").astype(np.int32)
+        ks = key[o]
+        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+        order[t] = o
+        bucket_start[t, o] = np.repeat(starts, np.diff(np.r_[starts, m])).astype(np.int32)
+        position[t, o] = np.arange(m, dtype=np.int32)
+    del keys
+    earlier = position > bucket_start  # (L, m): the candidate has an earlier row in that table's bucket
+
+    # pass 2: in row order, each candidate is compared with the earlier representatives of its buckets
+    rep_of = np.arange(n, dtype=np.int64)  # the representative of each row (itself unless merged)
+    rep_of[zero] = int(np.argmax(zero)) if zero.any() else 0
+    is_rep = np.ones(m, dtype=bool)
+    done = 0  # candidates handled so far
+    for start, x in _blocks(vectors, block_rows):
+        hi = int(np.searchsorted(cand, start + len(x)))
+        for c in range(done, hi):
+            tables = np.flatnonzero(earlier[:, c])
+            if not len(tables):
+                continue
+            segments = [order[t, bucket_start[t, c] : position[t, c]] for t in tables]
+            pool = np.unique(np.concatenate(segments))
+            pool = pool[is_rep[pool]]  # earlier representatives sharing a bucket, in row order
+            if not len(pool):
+                continue
+            i = int(cand[c])
+            u = _unit(x[i - start])
+            rows = cand[pool]
+            sims = np.array([_unit(_row(vectors, x, start, int(r))) @ u for r in rows])
+            hit = np.flatnonzero(sims >= threshold)
+            if len(hit):
+                rep_of[i] = rows[hit[0]]
+                is_rep[c] = False
+        done = hi
+    # group ids in order of first appearance: a representative's rank among the representatives
+    is_rep = rep_of == np.arange(n)
+    groups[is_rep] = np.arange(int(is_rep.sum()))
+    groups[~is_rep] = groups[rep_of[~is_rep]]
+    return groups
