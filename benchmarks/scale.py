@@ -232,7 +232,7 @@ def work(stage: str, a, n: int) -> dict:
         tasks = [f"task{k}" for k in range(TASKS)]
         means = np.concatenate([task_means(val[k], name=tasks[k])[1] for k in range(TASKS)])
         scores = stream_scores(store, means)
-        influence = combine_influence([{tk: scores[:, [k]] for k, tk in enumerate(tasks)}])
+        influence = combine_influence([{tk: scores[:, k : k + 1] for k, tk in enumerate(tasks)}])
         selection = aggregate(influence.scores, n // 5, "vote", p_vote=0.2)
         info["selected"] = len(selection.order)
     elif stage == "icons_default":
@@ -241,7 +241,7 @@ def work(stage: str, a, n: int) -> dict:
         tasks = [f"task{k}" for k in range(TASKS)]
         means = np.concatenate([task_means(val[k], name=tasks[k])[1] for k in range(TASKS)])
         scores = stream_scores(store, means)
-        influence = combine_influence([{tk: scores[:, [k]] for k, tk in enumerate(tasks)}])
+        influence = combine_influence([{tk: scores[:, k : k + 1] for k, tk in enumerate(tasks)}])
         distinct = int(groups.max()) + 1
         selection = aggregate(influence.scores, n // 5, "vote", p_vote=min(1.0, (n // 5) / distinct), groups=groups,
                               coverage_floor=0.5)  # fmt: skip
