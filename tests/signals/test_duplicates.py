@@ -81,3 +81,15 @@ def test_store_is_streamed_with_skipped_rows_as_one_group(tmp_path):
 def test_rejects_a_non_matrix():
     with pytest.raises(ValueError, match="matrix"):
         duplicate_groups(np.zeros(5))
+
+
+def test_a_large_cluster_of_near_copies():
+    """Thousands of noisy copies of a few rows share buckets in every table; copies far enough from their source
+    start new representatives in the same buckets, so each row must be checked against all of them, in row order."""
+    rng = np.random.default_rng(5)
+    sources = rng.standard_normal((3, 32))
+    noise = rng.choice([1e-4, 0.03, 0.05], size=(2400, 1))
+    x = sources[rng.integers(0, 3, 2400)] + rng.standard_normal((2400, 32)) * noise
+    expected = exhaustive_groups(x, 0.998)
+    assert 3 < len(set(expected.tolist())) < 600
+    assert duplicate_groups(x, 0.998, block_rows=256).tolist() == expected.tolist()

@@ -18,8 +18,8 @@ for thresholds near 1 (the default 0.999): a lower threshold widens the buckets,
 representatives are held.
 
 Memory: the `L` 32-bit bucket keys of every row (80 bytes per row, freed before the comparison pass) and, for the
-rows that share a bucket with another row, their place in each table's bucket order (240 bytes per such row); no
-vector is held beyond a block: the rows are read block by block (from an array or a
+rows that share a bucket with another row, their bucket in each table and the representatives' linked lists (240
+bytes per such row); no vector is held beyond a block: the rows are read block by block (from an array or a
 [`mixwise.signals.datastore.Datastore`]) in two passes, and a representative that a later row is compared with is
 read again (one `pread` from a store).
 """
@@ -122,46 +122,47 @@ def duplicate_groups(vectors: Any, threshold: float = 0.999, block_rows: int = 4
         shared |= np.isin(column, repeated) & ~zero
     cand = np.nonzero(shared)[0]  # ascending row ids
     m = len(cand)
-    # per table: the candidates sorted by (bucket key, row); for each candidate, where its bucket starts in that
-    # order and where it sits, so that the earlier rows of its bucket are order[t, start:position]
-    order = np.empty((LSH_TABLES, m), dtype=np.int32)
-    bucket_start = np.empty((LSH_TABLES, m), dtype=np.int32)
-    position = np.empty((LSH_TABLES, m), dtype=np.int32)
+    # per table, a bucket id per candidate (the bucket's first place in the candidates sorted by key)
+    bucket = np.empty((LSH_TABLES, m), dtype=np.int32)
     for t in range(LSH_TABLES):
         key = keys[cand, t]
-        o = np.argsort(key, kind="stable").astype(np.int32)
+        o = np.argsort(key, kind="stable")
         ks = key[o]
         starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-        order[t] = o
-        bucket_start[t, o] = np.repeat(starts, np.diff(np.r_[starts, m])).astype(np.int32)
-        position[t, o] = np.arange(m, dtype=np.int32)
+        bucket[t, o] = np.repeat(starts, np.diff(np.r_[starts, m])).astype(np.int32)
     del keys
-    earlier = position > bucket_start  # (L, m): the candidate has an earlier row in that table's bucket
 
-    # pass 2: in row order, each candidate is compared with the earlier representatives of its buckets
+    # pass 2: in row order, each candidate is compared with the representatives already in its buckets, kept as one
+    # linked list per bucket (`last`: a bucket's latest representative; `link`: the one before it), so a bucket of a
+    # thousand copies of one row costs one comparison per copy, not a scan of the bucket
     rep_of = np.arange(n, dtype=np.int64)  # the representative of each row (itself unless merged)
     rep_of[zero] = int(np.argmax(zero)) if zero.any() else 0
-    is_rep = np.ones(m, dtype=bool)
+    last = np.full((LSH_TABLES, m), -1, dtype=np.int32)
+    link = np.full((LSH_TABLES, m), -1, dtype=np.int32)
+    tables = np.arange(LSH_TABLES)
     done = 0  # candidates handled so far
     for start, x in _blocks(vectors, block_rows):
         hi = int(np.searchsorted(cand, start + len(x)))
         for c in range(done, hi):
-            tables = np.flatnonzero(earlier[:, c])
-            if not len(tables):
-                continue
-            segments = [order[t, bucket_start[t, c] : position[t, c]] for t in tables]
-            pool = np.unique(np.concatenate(segments))
-            pool = pool[is_rep[pool]]  # earlier representatives sharing a bucket, in row order
-            if not len(pool):
-                continue
+            buckets = bucket[:, c]
+            heads = last[tables, buckets]
+            found: set[int] = set()
+            for t in np.flatnonzero(heads >= 0):
+                r = int(heads[t])
+                while r >= 0:
+                    found.add(r)
+                    r = int(link[t, r])
             i = int(cand[c])
-            u = _unit(x[i - start])
-            rows = cand[pool]
-            sims = np.array([_unit(_row(vectors, x, start, int(r))) @ u for r in rows])
-            hit = np.flatnonzero(sims >= threshold)
-            if len(hit):
-                rep_of[i] = rows[hit[0]]
-                is_rep[c] = False
+            if found:
+                u = _unit(x[i - start])
+                rows = cand[sorted(found)]  # earlier representatives sharing a bucket, in row order
+                sims = np.array([_unit(_row(vectors, x, start, int(r))) @ u for r in rows])
+                hit = np.flatnonzero(sims >= threshold)
+                if len(hit):
+                    rep_of[i] = rows[hit[0]]
+                    continue
+            link[:, c] = heads  # a new representative: first in each of its buckets' lists
+            last[tables, buckets] = c
         done = hi
     # group ids in order of first appearance: a representative's rank among the representatives
     is_rep = rep_of == np.arange(n)
