@@ -76,16 +76,20 @@ def _shape(vectors: Any) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def duplicate_groups(vectors: Any, threshold: float = 0.999, block_rows: int = 4096, seed: int = 0) -> np.ndarray:
+def duplicate_groups(
+    vectors: Any, threshold: float = 0.999, block_rows: int | None = None, seed: int = 0
+) -> np.ndarray:
     """A duplicate-group id per row (see the module docstring): `vectors` is an `(n, d)` array or a datastore.
 
     Args:
         vectors: the rows' vectors (any scale: compared by cosine), or a datastore streamed block by block.
         threshold: cosine at or above which a row joins an earlier representative's group; `>= 1`: bitwise equal.
-        block_rows: rows read and hashed at once.
+        block_rows: rows read and hashed at once (default: a 16 MiB float32 block, at most 4,096 rows).
         seed: the hash's random projections.
     """
     n, dim = _shape(vectors)
+    if block_rows is None:
+        block_rows = min(4096, max(256, (16 << 20) // (4 * max(dim, 1))))
     groups = np.empty(n, dtype=np.int64)
     if threshold >= 1.0:
         seen: dict[bytes, int] = {}

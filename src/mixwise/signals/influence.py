@@ -59,14 +59,17 @@ def task_means(
 
 
 def stream_scores(
-    pool: Any, means: np.ndarray, block_rows: int = 16384, return_norms: bool = False
+    pool: Any, means: np.ndarray, block_rows: int | None = None, return_norms: bool = False
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """`⟨g̃(z), μ_s⟩` for every row of a pool and every column `s` of `means` (S, d'); skipped rows get NaN.
 
     `pool` is a datastore, streamed in blocks (memory: one float16 block + its float32 copy + the `N × S` result), or
     a `(unit features (N, d'), norms (N,))` pair of arrays. With `return_norms`, also the squared feature norms
-    `‖g_z‖²` (float64; NaN for skipped rows), i.e. each row's self-influence.
+    `‖g_z‖²` (float64; NaN for skipped rows), i.e. each row's self-influence. `block_rows` defaults to a 64 MiB
+    float32 block, at most 16,384 rows (d' = 8192, LESS's: 2,048 rows, not 768 MiB of buffers).
     """
+    if block_rows is None:
+        block_rows = min(16384, max(256, (64 << 20) // (4 * max(int(np.shape(means)[-1]), 1))))
     means = np.ascontiguousarray(means, dtype=np.float32)
     if isinstance(pool, tuple):
         feats, norms = pool
