@@ -189,8 +189,10 @@ def work(stage: str, a, n: int) -> dict:
     if stage in ("influence", "icons_default"):
         from mixwise.icons.aggregation import aggregate
         from mixwise.signals.datastore import Datastore
-        from mixwise.signals.duplicates import duplicate_groups
         from mixwise.signals.influence import combine_influence, stream_scores, task_means
+
+        if stage == "icons_default":
+            from mixwise.signals.duplicates import duplicate_groups  # (imports torch, through l2_normalize)
 
         val = np.load(os.path.join(a.dir, f"val-{a.dim}.npy")).astype(np.float32)
     if stage == "dataprophet":
@@ -227,29 +229,24 @@ def work(stage: str, a, n: int) -> dict:
         selector = DataProphet(progress=False, **a.dataprophet_kwargs)
         selector.score(sources, tgt, model, processor)
         info["scored_rows"] = selector.last_work["items_total"]  # (dataset, row) items run through the model
-    elif stage == "influence":
+    elif stage in ("influence", "icons_default"):
         store = Datastore.open(store_dir(a, n))
+        groups = duplicate_groups(store, 0.999) if stage == "icons_default" else None
         tasks = [f"task{k}" for k in range(TASKS)]
         means = np.concatenate([task_means(val[k], name=tasks[k])[1] for k in range(TASKS)])
         scores = stream_scores(store, means)
         influence = combine_influence([{tk: scores[:, k : k + 1] for k, tk in enumerate(tasks)}])
-        selection = aggregate(influence.scores, n // 5, "vote", p_vote=0.2)
+        if groups is None:  # the paper's vote
+            selection = aggregate(influence.scores, n // 5, "vote", p_vote=0.2)
+        else:  # duplicates counted once (in the vote share too) and the coverage floor
+            distinct = int(groups.max()) + 1
+            selection = aggregate(influence.scores, n // 5, "vote", p_vote=min(1.0, (n // 5) / distinct),
+                                  groups=groups, coverage_floor=0.5)  # fmt: skip
+            info["distinct"] = distinct
+            chunk_rows = [hi - lo for lo, hi in map(store.chunk_range, range(store.n_chunks))]
+            info["planted_distinct"] = n - sum(rows // COPY_EVERY for rows in chunk_rows)  # a copy per 10 rows
+            info["repeated_in_selection"] = len(selection.order) - len(set(groups[selection.order].tolist()))
         info["selected"] = len(selection.order)
-    elif stage == "icons_default":
-        store = Datastore.open(store_dir(a, n))
-        groups = duplicate_groups(store, 0.999)
-        tasks = [f"task{k}" for k in range(TASKS)]
-        means = np.concatenate([task_means(val[k], name=tasks[k])[1] for k in range(TASKS)])
-        scores = stream_scores(store, means)
-        influence = combine_influence([{tk: scores[:, k : k + 1] for k, tk in enumerate(tasks)}])
-        distinct = int(groups.max()) + 1
-        selection = aggregate(influence.scores, n // 5, "vote", p_vote=min(1.0, (n // 5) / distinct), groups=groups,
-                              coverage_floor=0.5)  # fmt: skip
-        info["selected"] = len(selection.order)
-        info["distinct"] = distinct
-        info["planted_distinct"] = sum(hi - lo - len(range(COPY_EVERY - 1, hi - lo, COPY_EVERY))
-                                       for lo, hi in map(store.chunk_range, range(store.n_chunks)))  # fmt: skip
-        info["repeated_in_selection"] = len(selection.order) - len(set(groups[selection.order].tolist()))
     elif stage == "influence-baseline":
         from mixwise.signals.datastore import Datastore
 

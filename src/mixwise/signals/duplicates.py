@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from .embeddings import l2_normalize
+
 __all__ = ["LSH_FUNCTIONS", "LSH_TABLES", "LSH_WIDTH", "duplicate_groups"]
 
 LSH_TABLES = 20  # L
 LSH_FUNCTIONS = 14  # k, concatenated per table
 LSH_WIDTH = 16.0  # w / r
-_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multipliers that spread the k bucket numbers over the key
 
 
 def _blocks(vectors: Any, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -50,12 +51,6 @@ def _blocks(vectors: Any, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         return
     for start in range(0, len(vectors), block_rows):
         yield start, np.asarray(vectors[start : start + block_rows])
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """A row scaled to unit length in float64 (a zero row stays zero)."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / max(float(np.linalg.norm(x)), 1e-12)
 
 
 def _row(vectors: Any, block: np.ndarray, start: int, r: int) -> np.ndarray:
@@ -103,7 +98,7 @@ def duplicate_groups(
     rng = np.random.default_rng([seed, dim])
     proj = rng.standard_normal((dim, LSH_TABLES * LSH_FUNCTIONS)).astype(np.float32)
     shift = rng.uniform(0.0, width, LSH_TABLES * LSH_FUNCTIONS).astype(np.float32)
-    mult = (rng.integers(1, 2**62, LSH_FUNCTIONS, dtype=np.uint64) * np.uint64(2) + np.uint64(1)) * _MIX
+    mult = rng.integers(1, 2**62, LSH_FUNCTIONS, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd multipliers
 
     # pass 1: bucket keys of every row; zero rows are kept out of the buckets
     keys = np.empty((n, LSH_TABLES), dtype=np.uint32)
@@ -140,7 +135,8 @@ def duplicate_groups(
     # linked list per bucket (`last`: a bucket's latest representative; `link`: the one before it), so a bucket of a
     # thousand copies of one row costs one comparison per copy, not a scan of the bucket
     rep_of = np.arange(n, dtype=np.int64)  # the representative of each row (itself unless merged)
-    rep_of[zero] = int(np.argmax(zero)) if zero.any() else 0
+    if zero.any():
+        rep_of[zero] = int(np.argmax(zero))
     last = np.full((LSH_TABLES, m), -1, dtype=np.int32)
     link = np.full((LSH_TABLES, m), -1, dtype=np.int32)
     tables = np.arange(LSH_TABLES)
@@ -158,9 +154,9 @@ def duplicate_groups(
                     r = int(link[t, r])
             i = int(cand[c])
             if found:
-                u = _unit(x[i - start])
+                u = l2_normalize(x[i - start])
                 rows = cand[sorted(found)]  # earlier representatives sharing a bucket, in row order
-                sims = np.array([_unit(_row(vectors, x, start, int(r))) @ u for r in rows])
+                sims = np.array([l2_normalize(_row(vectors, x, start, int(r))) @ u for r in rows])
                 hit = np.flatnonzero(sims >= threshold)
                 if len(hit):
                     rep_of[i] = rows[hit[0]]
